@@ -12,6 +12,7 @@ import logging
 import random
 import re
 from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
@@ -202,6 +203,12 @@ class ArenaService:
             for row in existing.values():
                 row.active = False
 
+    async def aclose(self) -> None:
+        """Close the HTTP connections to the model endpoints."""
+        clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            await client.close()
+
     def client(self, model_name: str) -> ChatClient:
         if model_name not in self._clients:
             self._clients[model_name] = self._client_factory(self.registry[model_name])
@@ -294,8 +301,9 @@ class ArenaService:
             turn = battle.turn_count
             for conversation in self._conversations(session, battle_id):
                 self._append(session, conversation, turn, "user", prompt)
-        async for snapshot in self._stream_sides(battle_id, turn):
-            yield snapshot
+        async with aclosing(self._stream_sides(battle_id, turn)) as updates:
+            async for snapshot in updates:
+                yield snapshot
 
     async def regenerate(self, battle_id: str, visitor_id: str) -> AsyncIterator[TurnUpdate]:
         """Ask both models again for the last turn, replacing their last answers."""
@@ -310,8 +318,9 @@ class ArenaService:
                 if last is not None and last.role == "assistant":
                     conversation.messages.remove(last)
             turn = battle.turn_count
-        async for snapshot in self._stream_sides(battle_id, turn):
-            yield snapshot
+        async with aclosing(self._stream_sides(battle_id, turn)) as updates:
+            async for snapshot in updates:
+                yield snapshot
 
     def _claim_for_streaming(self, session: Session, battle_id: str) -> None:
         """Move the battle to 'streaming' unless another request or a vote got there first."""
@@ -481,6 +490,17 @@ class ArenaService:
         return outcome
 
     # -- reading -------------------------------------------------------------------------------
+
+    def vote_counts(self) -> list[tuple[str, int]]:
+        """How many votes each model has been in, most first."""
+        with self.sessions() as session:
+            counts: dict[str, int] = {}
+            for model_a, model_b in session.execute(
+                select(Battle.model_a, Battle.model_b).join(Vote, Vote.battle_id == Battle.id)
+            ):
+                counts[model_a] = counts.get(model_a, 0) + 1
+                counts[model_b] = counts.get(model_b, 0) + 1
+        return sorted(counts.items(), key=lambda item: (-item[1], item[0]))
 
     def get_battle(self, battle_id: str, visitor_id: str | None) -> BattleView:
         with self.sessions() as session:

@@ -62,7 +62,7 @@ class ModelSpec:
 
 
 _KNOWN_FIELDS = {f for f in ModelSpec.__dataclass_fields__}
-_HEADER = re.compile(r"^\s*\[\[\s*models\s*\]\]", re.MULTILINE)
+_HEADER = re.compile(r"^[ \t]*\[\[[ \t]*models[ \t]*\]\]", re.MULTILINE)
 
 
 class ModelRegistry(Mapping[str, ModelSpec]):

@@ -1,0 +1,157 @@
+"""The ``arena`` command: serve the platform, migrate the database, run the offline demo.
+
+Sub-commands of other parts (``arena export``, ``arena leaderboard``) are mounted here.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import typer
+
+from arena.config import REPO_ROOT, get_settings
+
+app = typer.Typer(help="Arena: chat with two anonymous models, vote, rank them.", no_args_is_help=True)
+db_app = typer.Typer(help="Database schema (Alembic migrations).", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+logger = logging.getLogger("arena")
+
+DEMO_MODELS = ("demo-llama-tiny", "demo-qwen-tiny", "demo-mistral-tiny")
+DEMO_SERVING_PORT = 8100
+
+
+def _alembic_config(url: str | None):  # type: ignore[no-untyped-def]
+    from alembic.config import Config
+
+    config = Config(str(REPO_ROOT / "alembic.ini"))
+    config.set_main_option("script_location", str(REPO_ROOT / "migrations"))
+    config.attributes["database_url"] = url or get_settings().database_url
+    return config
+
+
+@db_app.command("upgrade")
+def db_upgrade(
+    revision: str = typer.Argument("head", help="Target revision"),
+    url: str | None = typer.Option(None, help="Database URL (default: ARENA_DATABASE_URL)"),
+) -> None:
+    """Create or update the schema to the latest migration."""
+    from alembic import command
+
+    command.upgrade(_alembic_config(url), revision)
+    typer.echo(f"database at {_redact(url or get_settings().database_url)} is at {revision}")
+
+
+@db_app.command("downgrade")
+def db_downgrade(
+    revision: str = typer.Argument(..., help="Target revision, e.g. -1 or base"),
+    url: str | None = typer.Option(None, help="Database URL (default: ARENA_DATABASE_URL)"),
+) -> None:
+    """Step the schema back (destroys the data of dropped tables)."""
+    from alembic import command
+
+    command.downgrade(_alembic_config(url), revision)
+
+
+@db_app.command("current")
+def db_current(url: str | None = typer.Option(None, help="Database URL")) -> None:
+    """Print the database's migration revision."""
+    from alembic import command
+
+    command.current(_alembic_config(url), verbose=False)
+
+
+@app.command()
+def serve(
+    host: str = typer.Option(None, help="Bind address (default: ARENA_HOST or 127.0.0.1)"),
+    port: int = typer.Option(None, help="Port (default: ARENA_PORT or 7860)"),
+    migrate: bool = typer.Option(True, help="Run database migrations first"),
+) -> None:
+    """Serve the arena page, the leaderboard and the JSON API."""
+    import uvicorn
+
+    from arena.web.app import create_app
+
+    _configure_logging()
+    settings = get_settings()
+    if migrate:
+        db_upgrade("head", None)
+    uvicorn.run(create_app(settings), host=host or settings.host, port=port or settings.port, log_level="info")
+
+
+@app.command()
+def demo(
+    port: int = typer.Option(7860, help="Arena port"),
+    serving_port: int = typer.Option(DEMO_SERVING_PORT, help="Port of the demo model server"),
+) -> None:
+    """Offline demo: build tiny random-weight models, serve them with our engine, start the arena.
+
+    The models' text is nonsense (random weights); the pipeline is the real one.
+    """
+    _configure_logging()
+    models_dir = REPO_ROOT / "data" / "demo_models"
+    build_demo_models(models_dir)
+    server = start_demo_model_server(models_dir, serving_port)
+    try:
+        os.environ.setdefault("ARENA_MODELS_FILE", str(REPO_ROOT / "data" / "models.toml"))
+        get_settings.cache_clear()
+        typer.echo(f"Arena: http://127.0.0.1:{port}  (models served at http://127.0.0.1:{serving_port}/v1)")
+        serve(host="127.0.0.1", port=port, migrate=True)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def build_demo_models(models_dir: Path) -> None:
+    """Build the demo checkpoints once (a few seconds); later runs reuse them."""
+    missing = [name for name in DEMO_MODELS if not (models_dir / name / "config.json").exists()]
+    if missing:
+        logger.info("building demo models %s in %s", missing, models_dir)
+        subprocess.run([sys.executable, "-m", "serving.demo_models", "--out", str(models_dir)], check=True)
+
+
+def start_demo_model_server(models_dir: Path, port: int, timeout_s: float = 120.0) -> subprocess.Popen[bytes]:
+    """Start our OpenAI-compatible engine on the demo models and wait until it answers."""
+    command = [sys.executable, "-m", "serving", "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"]
+    for name in DEMO_MODELS:
+        command += ["--model", f"{name}={models_dir / name}"]
+    process = subprocess.Popen(command)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise typer.Exit(f"the demo model server exited with code {process.returncode}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=2).status_code == 200:
+                return process
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    process.terminate()
+    raise typer.Exit("the demo model server did not start in time")
+
+
+def _configure_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _redact(url: str) -> str:
+    """The URL without its password, for printing."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        credentials, host = rest.rsplit("@", 1)
+        return f"{scheme}://{credentials.split(':', 1)[0]}:***@{host}"
+    return url
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

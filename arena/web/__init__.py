@@ -1,0 +1,1 @@
+"""The arena's web layer: FastAPI app, Gradio pages and the JSON API."""

@@ -1,0 +1,71 @@
+"""The arena web application: FastAPI with the JSON API, health check and the Gradio page at ``/``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import gradio as gr
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from arena.battles import ArenaError, ArenaService
+from arena.config import Settings, get_settings
+from arena.db.session import get_engine, session_factory
+from arena.identity import VisitorIdentity
+from arena.moderation import build_moderator
+from arena.providers.registry import load_registry
+from arena.web.api import error_response
+from arena.web.api import router as api_router
+from arena.web.arena_ui import build_arena_ui
+from arena.web.visitors import VisitorCookieMiddleware
+
+logger = logging.getLogger(__name__)
+
+
+def build_service(settings: Settings) -> ArenaService:
+    """The battle service wired to the configured database, registry and moderator."""
+    return ArenaService(
+        session_factory(get_engine(settings.database_url)),
+        load_registry(settings.models_file),
+        build_moderator(settings.moderation_wordlist, settings.openai_api_key),
+        settings,
+    )
+
+
+def create_app(settings: Settings | None = None, service: ArenaService | None = None) -> FastAPI:
+    """The whole arena app; the database must already be migrated (``arena db upgrade``)."""
+    settings = settings or get_settings()
+    service = service or build_service(settings)
+    identity = VisitorIdentity(settings.secret_key)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        service.sync_models()
+        yield
+        await service.aclose()
+
+    app = FastAPI(
+        title="Arena",
+        description="Chat with two anonymous models, vote, and see the leaderboard.",
+        version="0.1.0",
+        lifespan=lifespan,
+        openapi_url="/api/v1/openapi.json",
+        docs_url="/api/v1/docs",
+    )
+    app.state.service = service
+    app.state.settings = settings
+    app.add_middleware(VisitorCookieMiddleware, identity=identity)
+
+    @app.exception_handler(ArenaError)
+    async def arena_error(_: Request, exc: ArenaError) -> JSONResponse:
+        return error_response(exc)
+
+    @app.get("/healthz", tags=["ops"])
+    def healthz() -> dict[str, object]:
+        return {"status": "ok", "models": len(service.registry)}
+
+    app.include_router(api_router, prefix="/api/v1", tags=["arena"])
+    blocks = build_arena_ui(service, identity)
+    return gr.mount_gradio_app(app, blocks, path="/", footer_links=["api"])

@@ -1,0 +1,269 @@
+"""The Gradio pages: anonymous battle, named side-by-side, direct chat and the leaderboard tab.
+
+Per-visitor state lives in ``gr.State`` (the battle or chat id) and in the database; the
+visitor is known by the signed cookie the middleware sets.  Handlers stream both answers
+as they arrive and show every refusal (empty prompt, moderation, rate limit, failed model)
+as a message on the page.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import gradio as gr
+
+from arena.battles import ArenaError, ArenaService, BattleView, TurnUpdate
+from arena.db.models import BattleMode, BattleStatus
+from arena.identity import VisitorIdentity
+from arena.web.visitors import visitor_id_of_gradio
+
+logger = logging.getLogger(__name__)
+
+VOTE_LABELS = {"a": "👈 A is better", "b": "👉 B is better", "tie": "🤝 Tie", "both_bad": "👎 Both are bad"}
+
+CSS = """
+#arena-header h1 { margin-bottom: 0; }
+.vote-row button { min-width: 8em; }
+"""
+
+
+def build_arena_ui(
+    service: ArenaService,
+    identity: VisitorIdentity,
+    leaderboard_tab: Callable[[], None] | None = None,
+) -> gr.Blocks:
+    """The whole page; ``leaderboard_tab`` renders the leaderboard tab's content when given."""
+    with gr.Blocks(title="Arena: chat with two anonymous models and vote") as blocks:
+        gr.Markdown(
+            "# ⚔️ Arena\nAsk anything. Two anonymous models answer side by side; vote for the better "
+            "answer and only then see who they are. Your conversations and votes are stored and may be "
+            "published (without your identity) to help research.",
+            elem_id="arena-header",
+        )
+        with gr.Tabs():
+            with gr.Tab("⚔️ Arena (battle)", id="battle"):
+                _battle_panel(service, identity, BattleMode.ANONYMOUS, prefix="battle")
+            with gr.Tab("🆚 Side-by-side (named)", id="named"):
+                _battle_panel(service, identity, BattleMode.NAMED, prefix="named")
+            with gr.Tab("💬 Direct chat", id="chat"):
+                _chat_panel(service, identity)
+            with gr.Tab("🏆 Leaderboard", id="leaderboard"):
+                if leaderboard_tab is not None:
+                    leaderboard_tab()
+                else:
+                    _vote_summary_panel(service)
+    return blocks
+
+
+# ----------------------------------------------------------------------------- battles
+
+
+def _battle_panel(service: ArenaService, identity: VisitorIdentity, mode: str, prefix: str) -> None:
+    names = list(service.registry)
+    picks: list[gr.Dropdown] = []
+    if mode == BattleMode.NAMED:
+        with gr.Row():
+            picks.append(gr.Dropdown(names, value=names[0] if names else None, label="Model A",
+                                     elem_id=f"{prefix}-pick-a"))
+            picks.append(gr.Dropdown(names, value=names[1] if len(names) > 1 else None, label="Model B",
+                                     elem_id=f"{prefix}-pick-b"))
+    battle_id = gr.State(None)
+    with gr.Row():
+        chat_a = gr.Chatbot(label=_side_label("A", None, mode), height=420, elem_id=f"{prefix}-chat-a")
+        chat_b = gr.Chatbot(label=_side_label("B", None, mode), height=420, elem_id=f"{prefix}-chat-b")
+    status = gr.Markdown("", elem_id=f"{prefix}-status")
+    with gr.Row(elem_classes="vote-row"):
+        vote_buttons = {
+            choice: gr.Button(label, interactive=False, elem_id=f"{prefix}-vote-{choice}")
+            for choice, label in VOTE_LABELS.items()
+        }
+    with gr.Row():
+        prompt = gr.Textbox(placeholder="Type your question and press Enter", show_label=False, scale=8,
+                            elem_id=f"{prefix}-prompt", max_length=service.settings.max_prompt_chars)
+        send = gr.Button("Send", variant="primary", scale=1, elem_id=f"{prefix}-send")
+    with gr.Row():
+        regenerate = gr.Button("🔄 Regenerate", interactive=False, elem_id=f"{prefix}-regenerate")
+        new_round = gr.Button("🎲 New round", elem_id=f"{prefix}-new-round")
+
+    outputs = [chat_a, chat_b, status, battle_id, prompt, regenerate, *vote_buttons.values()]
+
+    async def on_send(text: str, current: str | None, *chosen: str, request: gr.Request) -> AsyncIterator[tuple]:
+        try:
+            visitor = visitor_id_of_gradio(request, identity)
+            if current is None:
+                view = service.create_battle(visitor, mode, *(chosen or (None, None)))
+                current = view.id
+            else:
+                view = service.get_battle(current, visitor)
+            updates = service.play_turn(current, visitor, text)
+            async for update in updates:
+                yield _render_turn(view, text, update, current, mode)
+        except (ArenaError, PermissionError) as exc:
+            yield _render_error(service, current, exc, text, mode)
+
+    async def on_regenerate(current: str | None, request: gr.Request) -> AsyncIterator[tuple]:
+        if current is None:
+            yield _render_error(service, None, ArenaError("nothing to regenerate yet"), "", mode)
+            return
+        try:
+            visitor = visitor_id_of_gradio(request, identity)
+            view = service.get_battle(current, visitor)
+            last_prompt = _drop_last_turn(view)
+            async for update in service.regenerate(current, visitor):
+                yield _render_turn(view, last_prompt, update, current, mode)
+        except (ArenaError, PermissionError) as exc:
+            yield _render_error(service, current, exc, "", mode)
+
+    def on_vote(choice: str) -> Callable[..., tuple]:
+        def handler(current: str | None, request: gr.Request) -> tuple:
+            try:
+                outcome = service.vote(current or "", visitor_id_of_gradio(request, identity), choice)
+            except (ArenaError, PermissionError) as exc:
+                return _render_error(service, current, exc, "", mode)
+            view = service.get_battle(outcome.battle_id, None)
+            verdict = VOTE_LABELS[outcome.choice]
+            message = (f"### Thanks for voting! ({verdict})\n**Model A: {outcome.model_a}** · "
+                       f"**Model B: {outcome.model_b}**\n\nStart a new round to keep going.")
+            return _render_view(view, message, current, mode, can_send=False)
+
+        return handler
+
+    def on_new_round() -> tuple:
+        return (gr.Chatbot(value=[], label=_side_label("A", None, mode)),
+                gr.Chatbot(value=[], label=_side_label("B", None, mode)),
+                "New round: ask a question.", None, gr.Textbox(value="", interactive=True),
+                gr.Button(interactive=False), *[gr.Button(interactive=False) for _ in VOTE_LABELS])
+
+    send_inputs = [prompt, battle_id, *picks]
+    send.click(on_send, send_inputs, outputs, concurrency_limit=None)
+    prompt.submit(on_send, send_inputs, outputs, concurrency_limit=None)
+    regenerate.click(on_regenerate, [battle_id], outputs, concurrency_limit=None)
+    for choice, button in vote_buttons.items():
+        button.click(on_vote(choice), [battle_id], outputs, concurrency_limit=None)
+    new_round.click(on_new_round, None, outputs)
+    for pick in picks:
+        pick.change(on_new_round, None, outputs)
+
+
+def _side_label(side: str, model: str | None, mode: str) -> str:
+    if model:
+        return f"Model {side}: {model}"
+    return f"Model {side}" if mode == BattleMode.ANONYMOUS else f"Model {side} (pick above)"
+
+
+def _render_turn(view: BattleView, prompt: str, update: TurnUpdate, battle_id: str, mode: str) -> tuple:
+    chats = []
+    for side in ("a", "b"):
+        history: list[Any] = [dict(m) for m in view.messages.get(side, [])]
+        state = update.sides[side]
+        answer = state.text or ("" if not state.error else "")
+        if state.error:
+            answer = (answer + "\n\n" if answer else "") + f"⚠️ **Error:** {state.error}"
+        history += [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer or "…"}]
+        model = view.model_a if side == "a" else view.model_b
+        chats.append(gr.Chatbot(value=history, label=_side_label(side.upper(), model, mode)))
+    if not update.done:
+        status, can_vote = "⏳ Both models are answering…", False
+    elif update.status == BattleStatus.READY:
+        status, can_vote = "✅ Both answered. Vote, or keep chatting to see more.", True
+    else:
+        status, can_vote = "❌ A model failed, so this battle cannot be voted on. Start a new round.", False
+    return (
+        *chats,
+        status,
+        battle_id,
+        gr.Textbox(value="" if update.done else prompt, interactive=update.done and update.status != "failed"),
+        gr.Button(interactive=update.done),
+        *[gr.Button(interactive=can_vote) for _ in VOTE_LABELS],
+    )
+
+
+def _render_view(view: BattleView, status: str, battle_id: str | None, mode: str, *, can_send: bool) -> tuple:
+    chats = [
+        gr.Chatbot(value=list[Any](view.messages.get(side, [])),
+                   label=_side_label(side.upper(), view.model_a if side == "a" else view.model_b, mode))
+        for side in ("a", "b")
+    ]
+    can_vote = view.status == BattleStatus.READY
+    return (*chats, status, battle_id, gr.Textbox(interactive=can_send),
+            gr.Button(interactive=can_vote), *[gr.Button(interactive=can_vote) for _ in VOTE_LABELS])
+
+
+def _render_error(service: ArenaService, battle_id: str | None, exc: Exception, prompt: str, mode: str) -> tuple:
+    message = f"⚠️ {exc}"
+    view = None
+    if battle_id is not None:
+        try:
+            view = service.get_battle(battle_id, None)
+        except ArenaError:
+            view = None
+    if view is None:
+        return (gr.Chatbot(), gr.Chatbot(), message, battle_id, gr.Textbox(value=prompt, interactive=True),
+                gr.Button(), *[gr.Button() for _ in VOTE_LABELS])
+    can_send = view.status in (BattleStatus.OPEN, BattleStatus.READY)
+    rendered = _render_view(view, message, battle_id, mode, can_send=can_send)
+    return (*rendered[:4], gr.Textbox(value=prompt, interactive=can_send), *rendered[5:])
+
+
+def _drop_last_turn(view: BattleView) -> str:
+    """Remove the last exchange from the view (it is being regenerated); return its prompt."""
+    prompt = ""
+    for side, messages in view.messages.items():
+        if messages and messages[-1]["role"] == "assistant":
+            messages.pop()
+        if messages and messages[-1]["role"] == "user":
+            prompt = messages.pop()["content"]
+        view.messages[side] = messages
+    return prompt
+
+
+# ----------------------------------------------------------------------------- direct chat
+
+
+def _chat_panel(service: ArenaService, identity: VisitorIdentity) -> None:
+    names = list(service.registry)
+    model = gr.Dropdown(names, value=names[0] if names else None, label="Model", elem_id="chat-model")
+    conversation_id = gr.State(None)
+    chat = gr.Chatbot(height=420, elem_id="chat-chat")
+    status = gr.Markdown("", elem_id="chat-status")
+    with gr.Row():
+        prompt = gr.Textbox(placeholder="Type a message", show_label=False, scale=8, elem_id="chat-prompt",
+                            max_length=service.settings.max_prompt_chars)
+        send = gr.Button("Send", variant="primary", scale=1, elem_id="chat-send")
+
+    async def on_send(text: str, current: str | None, chosen: str, history: list[dict[str, Any]] | None,
+                      request: gr.Request) -> AsyncIterator[tuple]:
+        history = list(history or [])
+        try:
+            visitor = visitor_id_of_gradio(request, identity)
+            current = current or service.create_chat(visitor, chosen)
+            async for state in service.chat_turn(current, visitor, text):
+                answer = state.text + (f"\n\n⚠️ **Error:** {state.error}" if state.error else "")
+                shown = history + [{"role": "user", "content": text}, {"role": "assistant", "content": answer or "…"}]
+                yield shown, "", current, ("" if state.done else "⏳ answering…")
+        except (ArenaError, PermissionError) as exc:
+            yield history, text, current, f"⚠️ {exc}"
+
+    outputs = [chat, prompt, conversation_id, status]
+    send.click(on_send, [prompt, conversation_id, model, chat], outputs, concurrency_limit=None)
+    prompt.submit(on_send, [prompt, conversation_id, model, chat], outputs, concurrency_limit=None)
+    model.change(lambda: ([], "", None, ""), None, outputs)
+
+
+# ----------------------------------------------------------------------------- leaderboard
+
+
+def _vote_summary_panel(service: ArenaService) -> None:
+    """Votes per model so far, said plainly; ratings appear once the leaderboard is computed."""
+
+    def render() -> str:
+        counts = service.vote_counts()
+        if not counts:
+            return "### No votes yet\nVote in a few battles and the models' standings will appear here."
+        rows = "\n".join(f"| {name} | {n} |" for name, n in counts)
+        return f"### Votes so far\n| Model | Votes |\n|---|---|\n{rows}"
+
+    summary = gr.Markdown(value=render, elem_id="leaderboard-summary")
+    gr.Button("Refresh", elem_id="leaderboard-refresh").click(render, None, summary)
