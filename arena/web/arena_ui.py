@@ -62,8 +62,9 @@ def build_arena_ui(
 
 def _battle_panel(service: ArenaService, identity: VisitorIdentity, mode: str, prefix: str) -> None:
     names = list(service.registry)
-    picks: list[gr.Dropdown] = []
+    picks: list[Any] = [gr.State(None), gr.State(None)]  # the visitor's picks in named battles
     if mode == BattleMode.NAMED:
+        picks = []
         with gr.Row():
             picks.append(gr.Dropdown(names, value=names[0] if names else None, label="Model A",
                                      elem_id=f"{prefix}-pick-a"))
@@ -89,11 +90,12 @@ def _battle_panel(service: ArenaService, identity: VisitorIdentity, mode: str, p
 
     outputs = [chat_a, chat_b, status, battle_id, prompt, regenerate, *vote_buttons.values()]
 
-    async def on_send(text: str, current: str | None, *chosen: str, request: gr.Request) -> AsyncIterator[tuple]:
+    async def on_send(text: str, current: str | None, pick_a: str | None, pick_b: str | None,
+                      request: gr.Request) -> AsyncIterator[tuple]:
         try:
             visitor = visitor_id_of_gradio(request, identity)
             if current is None:
-                view = service.create_battle(visitor, mode, *(chosen or (None, None)))
+                view = service.create_battle(visitor, mode, pick_a, pick_b)
                 current = view.id
             else:
                 view = service.get_battle(current, visitor)
@@ -143,8 +145,9 @@ def _battle_panel(service: ArenaService, identity: VisitorIdentity, mode: str, p
     for choice, button in vote_buttons.items():
         button.click(on_vote(choice), [battle_id], outputs, concurrency_limit=None)
     new_round.click(on_new_round, None, outputs)
-    for pick in picks:
-        pick.change(on_new_round, None, outputs)
+    if mode == BattleMode.NAMED:
+        for pick in picks:
+            pick.change(on_new_round, None, outputs)
 
 
 def _side_label(side: str, model: str | None, mode: str) -> str:
