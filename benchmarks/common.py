@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -27,10 +28,8 @@ def machine_info(packages: tuple[str, ...] = ("torch", "sqlalchemy", "psycopg", 
         "packages": {},
     }
     for name in packages:
-        try:
+        with contextlib.suppress(metadata.PackageNotFoundError):
             info["packages"][name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
     return info
 
 
