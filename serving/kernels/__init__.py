@@ -1,0 +1,201 @@
+"""Attention and fused small ops of the serving engine: Triton kernels and PyTorch references.
+
+Every op comes in three names with one signature:
+
+- ``<op>_ref``: plain PyTorch (the CPU path, and the ground truth in tests);
+- ``<op>_triton``: the Triton kernel (CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1``);
+- ``<op>``: dispatch. Triton for CUDA tensors, the reference otherwise. The environment
+  variable ``SERVING_KERNELS=torch|triton`` forces one side (``auto``/unset: by device).
+
+Triton is imported only when a Triton kernel is first called, so the CPU engine never needs
+it. The kernel modules (``paged_decode``, ``paged_extend``, ``elementwise``) are named
+unlike the ops on purpose: importing a submodule sets it as an attribute of this package,
+which would otherwise replace the dispatch function of the same name.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from serving.kernels.reference import (
+    apply_rotary_ref,
+    decode_attention_ref,
+    extend_attention_ref,
+    fused_add_rms_norm_ref,
+    rms_norm_ref,
+    rotary_cos_sin_cache,
+    silu_and_mul_ref,
+)
+
+__all__ = [
+    "apply_rotary",
+    "apply_rotary_ref",
+    "apply_rotary_triton",
+    "decode_attention",
+    "decode_attention_ref",
+    "decode_attention_triton",
+    "extend_attention",
+    "extend_attention_ref",
+    "extend_attention_triton",
+    "fused_add_rms_norm",
+    "fused_add_rms_norm_ref",
+    "fused_add_rms_norm_triton",
+    "kernel_backend",
+    "rms_norm",
+    "rms_norm_ref",
+    "rms_norm_triton",
+    "rotary_cos_sin_cache",
+    "silu_and_mul",
+    "silu_and_mul_ref",
+    "silu_and_mul_triton",
+]
+
+_BACKENDS = ("auto", "torch", "triton")
+
+
+def kernel_backend(tensor: torch.Tensor) -> str:
+    """Return ``"triton"`` or ``"torch"`` for an op on ``tensor``, honouring SERVING_KERNELS."""
+    choice = os.environ.get("SERVING_KERNELS", "auto").strip().lower() or "auto"
+    if choice not in _BACKENDS:
+        raise ValueError(f"SERVING_KERNELS must be one of {', '.join(_BACKENDS)}; got {choice!r}")
+    if choice == "auto":
+        return "triton" if tensor.is_cuda else "torch"
+    return choice
+
+
+# --- Triton entry points (lazy imports: triton loads on first use) -------------------------
+
+
+def decode_attention_triton(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    req_to_token: torch.Tensor,
+    req_pool_indices: torch.Tensor,
+    seq_lens: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:
+    """Split-KV (flash-decoding), GQA-aware decode attention; see ``decode_attention_ref``."""
+    from serving.kernels.paged_decode import decode_attention_triton as kernel
+
+    return kernel(q, k_cache, v_cache, req_to_token, req_pool_indices, seq_lens, scale)
+
+
+def extend_attention_triton(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    req_to_token: torch.Tensor,
+    req_pool_indices: torch.Tensor,
+    seq_lens: torch.Tensor,
+    extend_lens: torch.Tensor,
+    q_start: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:
+    """Tiled causal extend/prefill attention over the paged pool; see ``extend_attention_ref``."""
+    from serving.kernels.paged_extend import extend_attention_triton as kernel
+
+    return kernel(q, k_cache, v_cache, req_to_token, req_pool_indices, seq_lens, extend_lens, q_start, scale)
+
+
+def rms_norm_triton(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """One-program-per-row RMSNorm; see ``rms_norm_ref``."""
+    from serving.kernels.elementwise import rms_norm_triton as kernel
+
+    return kernel(x, weight, eps)
+
+
+def fused_add_rms_norm_triton(
+    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Residual add fused with RMSNorm in one pass; see ``fused_add_rms_norm_ref``."""
+    from serving.kernels.elementwise import fused_add_rms_norm_triton as kernel
+
+    return kernel(x, residual, weight, eps)
+
+
+def apply_rotary_triton(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    positions: torch.Tensor,
+    cos_sin_cache: torch.Tensor,
+    is_neox: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotary embedding of q and k in one launch, returning new tensors; see ``apply_rotary_ref``."""
+    from serving.kernels.elementwise import apply_rotary_triton as kernel
+
+    return kernel(q, k, positions, cos_sin_cache, is_neox)
+
+
+def silu_and_mul_triton(x: torch.Tensor) -> torch.Tensor:
+    """Fused SwiGLU activation; see ``silu_and_mul_ref``."""
+    from serving.kernels.elementwise import silu_and_mul_triton as kernel
+
+    return kernel(x)
+
+
+# --- Dispatch ---------------------------------------------------------------------------
+
+
+def decode_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    req_to_token: torch.Tensor,
+    req_pool_indices: torch.Tensor,
+    seq_lens: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:
+    """Decode attention, ``[B, Hq, D]`` -> ``[B, Hq, D]``; see ``decode_attention_ref``."""
+    op = decode_attention_triton if kernel_backend(q) == "triton" else decode_attention_ref
+    return op(q, k_cache, v_cache, req_to_token, req_pool_indices, seq_lens, scale)
+
+
+def extend_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    req_to_token: torch.Tensor,
+    req_pool_indices: torch.Tensor,
+    seq_lens: torch.Tensor,
+    extend_lens: torch.Tensor,
+    q_start: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:
+    """Causal extend attention, ``[T, Hq, D]`` -> ``[T, Hq, D]``; see ``extend_attention_ref``."""
+    op = extend_attention_triton if kernel_backend(q) == "triton" else extend_attention_ref
+    return op(q, k_cache, v_cache, req_to_token, req_pool_indices, seq_lens, extend_lens, q_start, scale)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm over the last dim; see ``rms_norm_ref``."""
+    op = rms_norm_triton if kernel_backend(x) == "triton" else rms_norm_ref
+    return op(x, weight, eps)
+
+
+def fused_add_rms_norm(
+    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(rms_norm(x + residual), x + residual)``; see ``fused_add_rms_norm_ref``."""
+    op = fused_add_rms_norm_triton if kernel_backend(x) == "triton" else fused_add_rms_norm_ref
+    return op(x, residual, weight, eps)
+
+
+def apply_rotary(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    positions: torch.Tensor,
+    cos_sin_cache: torch.Tensor,
+    is_neox: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotary embedding; returns new ``(q, k)`` tensors; see ``apply_rotary_ref``."""
+    op = apply_rotary_triton if kernel_backend(q) == "triton" else apply_rotary_ref
+    return op(q, k, positions, cos_sin_cache, is_neox)
+
+
+def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
+    """``silu(x[..., :I]) * x[..., I:]``; see ``silu_and_mul_ref``."""
+    op = silu_and_mul_triton if kernel_backend(x) == "triton" else silu_and_mul_ref
+    return op(x)

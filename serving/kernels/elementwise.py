@@ -1,0 +1,237 @@
+"""Fused small ops in Triton: RMSNorm, residual-add + RMSNorm, rotary embedding, SiLU-and-mul.
+
+Each saves a round trip through memory against the eager PyTorch sequence (which launches one
+kernel per elementwise op and writes every fp32 intermediate). All math is in fp32; results
+are cast back to the input dtype. Every op returns new tensors and leaves its inputs alone.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _rms_norm_kernel(
+    x_ptr,
+    residual_ptr,
+    weight_ptr,
+    out_ptr,
+    new_residual_ptr,
+    stride_x,
+    stride_r,
+    stride_o,
+    stride_nr,
+    hidden,
+    eps,
+    HAS_RESIDUAL: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    """Normalise one row; with HAS_RESIDUAL, first add the residual row and store the sum."""
+    row = tl.program_id(0).to(tl.int64)
+    offs = tl.arange(0, BLOCK)
+    mask = offs < hidden
+    x = tl.load(x_ptr + row * stride_x + offs, mask=mask, other=0.0)
+    if HAS_RESIDUAL:
+        total = x.to(tl.float32) + tl.load(residual_ptr + row * stride_r + offs, mask=mask, other=0.0).to(
+            tl.float32
+        )
+        x = total.to(x.dtype)
+        tl.store(new_residual_ptr + row * stride_nr + offs, x, mask=mask)
+    x32 = x.to(tl.float32)
+    inv_rms = 1.0 / tl.sqrt(tl.sum(x32 * x32, 0) / hidden + eps)
+    weight = tl.load(weight_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    tl.store(out_ptr + row * stride_o + offs, (x32 * inv_rms * weight).to(x.dtype), mask=mask)
+
+
+def _as_rows(x: torch.Tensor) -> torch.Tensor:
+    """View ``x[..., H]`` as ``[N, H]`` with a unit stride in H (copying only if needed)."""
+    rows = x.reshape(-1, x.shape[-1])
+    return rows if rows.stride(-1) == 1 else rows.contiguous()
+
+
+def _norm_launch_options(hidden: int) -> tuple[int, int]:
+    """Block size (whole row) and warps for a row of ``hidden`` elements."""
+    block = triton.next_power_of_2(hidden)
+    return block, max(1, min(16, block // 256))
+
+
+def rms_norm_triton(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm over the last dim; see ``rms_norm_ref``."""
+    rows = _as_rows(x)
+    out = torch.empty_like(rows)
+    block, warps = _norm_launch_options(rows.shape[1])
+    if rows.shape[0]:
+        _rms_norm_kernel[(rows.shape[0],)](
+            rows, rows, weight, out, out,
+            rows.stride(0), rows.stride(0), out.stride(0), out.stride(0), rows.shape[1], eps,
+            HAS_RESIDUAL=False, BLOCK=block, num_warps=warps,
+        )  # fmt: skip
+    return out.view(x.shape)
+
+
+def fused_add_rms_norm_triton(
+    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(rms_norm(x + residual), x + residual)`` in one pass; see ``fused_add_rms_norm_ref``."""
+    if x.shape != residual.shape:
+        raise ValueError(f"x and residual shapes differ: {tuple(x.shape)} vs {tuple(residual.shape)}")
+    rows, residual_rows = _as_rows(x), _as_rows(residual)
+    out, new_residual = torch.empty_like(rows), torch.empty_like(rows)
+    block, warps = _norm_launch_options(rows.shape[1])
+    if rows.shape[0]:
+        _rms_norm_kernel[(rows.shape[0],)](
+            rows, residual_rows, weight, out, new_residual,
+            rows.stride(0), residual_rows.stride(0), out.stride(0), new_residual.stride(0),
+            rows.shape[1], eps, HAS_RESIDUAL=True, BLOCK=block, num_warps=warps,
+        )  # fmt: skip
+    return out.view(x.shape), new_residual.view(x.shape)
+
+
+@triton.jit
+def _rotate_heads(
+    x_ptr,
+    out_ptr,
+    token,
+    head_block,
+    stride_xt,
+    stride_xh,
+    stride_ot,
+    stride_oh,
+    num_heads,
+    cos,
+    sin,
+    HALF: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_HALF: tl.constexpr,
+    IS_NEOX: tl.constexpr,
+):
+    """Rotate BLOCK_H heads of one token by that token's angles."""
+    offs_h = head_block * BLOCK_H + tl.arange(0, BLOCK_H)
+    offs_f = tl.arange(0, BLOCK_HALF)
+    if IS_NEOX:
+        first_idx = offs_f
+        second_idx = offs_f + HALF
+    else:
+        first_idx = 2 * offs_f
+        second_idx = 2 * offs_f + 1
+    mask = (offs_h < num_heads)[:, None] & (offs_f < HALF)[None, :]
+    in_rows = x_ptr + token * stride_xt + offs_h[:, None] * stride_xh
+    first = tl.load(in_rows + first_idx[None, :], mask=mask, other=0.0)
+    second = tl.load(in_rows + second_idx[None, :], mask=mask, other=0.0)
+    first32, second32 = first.to(tl.float32), second.to(tl.float32)
+    out_rows = out_ptr + token * stride_ot + offs_h[:, None] * stride_oh
+    tl.store(out_rows + first_idx[None, :], (first32 * cos - second32 * sin).to(first.dtype), mask=mask)
+    tl.store(out_rows + second_idx[None, :], (second32 * cos + first32 * sin).to(first.dtype), mask=mask)
+
+
+@triton.jit
+def _rotary_kernel(
+    q_ptr,
+    k_ptr,
+    q_out_ptr,
+    k_out_ptr,
+    positions_ptr,
+    cos_sin_ptr,
+    stride_qt,
+    stride_qh,
+    stride_kt,
+    stride_kh,
+    stride_qot,
+    stride_qoh,
+    stride_kot,
+    stride_koh,
+    stride_cache,
+    num_q_heads,
+    num_k_heads,
+    Q_BLOCKS: tl.constexpr,
+    HALF: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_HALF: tl.constexpr,
+    IS_NEOX: tl.constexpr,
+):
+    """One launch for q and k: head blocks below Q_BLOCKS are q's, the rest k's."""
+    token = tl.program_id(0).to(tl.int64)
+    head_block = tl.program_id(1)
+    offs_f = tl.arange(0, BLOCK_HALF)
+    f_mask = offs_f < HALF
+    angles_row = cos_sin_ptr + tl.load(positions_ptr + token).to(tl.int64) * stride_cache
+    cos = tl.load(angles_row + offs_f, mask=f_mask, other=0.0).to(tl.float32)[None, :]
+    sin = tl.load(angles_row + HALF + offs_f, mask=f_mask, other=0.0).to(tl.float32)[None, :]
+    if head_block < Q_BLOCKS:
+        _rotate_heads(
+            q_ptr, q_out_ptr, token, head_block, stride_qt, stride_qh, stride_qot, stride_qoh, num_q_heads,
+            cos, sin, HALF, BLOCK_H, BLOCK_HALF, IS_NEOX,
+        )  # fmt: skip
+    else:
+        _rotate_heads(
+            k_ptr, k_out_ptr, token, head_block - Q_BLOCKS, stride_kt, stride_kh, stride_kot, stride_koh,
+            num_k_heads, cos, sin, HALF, BLOCK_H, BLOCK_HALF, IS_NEOX,
+        )  # fmt: skip
+
+
+def apply_rotary_triton(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    positions: torch.Tensor,
+    cos_sin_cache: torch.Tensor,
+    is_neox: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotary embedding of q ``[T, H, D]`` and k ``[T, Hkv, D]`` in one launch; returns new tensors."""
+    head_dim = q.shape[-1]
+    if head_dim % 2 or k.shape[-1] != head_dim or cos_sin_cache.shape[-1] != head_dim:
+        raise ValueError(
+            f"rotary needs an even head dim shared by q, k and cos_sin_cache; got {q.shape[-1]}, "
+            f"{k.shape[-1]}, {cos_sin_cache.shape[-1]}"
+        )
+    if q.shape[0] != k.shape[0] or positions.shape[0] != q.shape[0]:
+        raise ValueError(
+            f"q, k and positions need one row per token: {q.shape}, {k.shape}, {positions.shape}"
+        )
+    q, k = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k))
+    if cos_sin_cache.stride(-1) != 1:
+        cos_sin_cache = cos_sin_cache.contiguous()
+    q_out, k_out = torch.empty_like(q), torch.empty_like(k)
+    half = head_dim // 2
+    block_half = triton.next_power_of_2(half)
+    block_h = max(1, min(triton.next_power_of_2(max(q.shape[1], k.shape[1])), 2048 // block_half))
+    q_blocks, k_blocks = triton.cdiv(q.shape[1], block_h), triton.cdiv(k.shape[1], block_h)
+    if q.shape[0]:
+        _rotary_kernel[(q.shape[0], q_blocks + k_blocks)](
+            q, k, q_out, k_out, positions, cos_sin_cache,
+            q.stride(0), q.stride(1), k.stride(0), k.stride(1),
+            q_out.stride(0), q_out.stride(1), k_out.stride(0), k_out.stride(1),
+            cos_sin_cache.stride(0), q.shape[1], k.shape[1],
+            Q_BLOCKS=q_blocks, HALF=half, BLOCK_H=block_h, BLOCK_HALF=block_half, IS_NEOX=is_neox,
+            num_warps=4,
+        )  # fmt: skip
+    return q_out, k_out
+
+
+@triton.jit
+def _silu_and_mul_kernel(x_ptr, out_ptr, stride_x, stride_o, inner, BLOCK: tl.constexpr):
+    """``silu(gate) * up`` for one block of one row."""
+    row = tl.program_id(0).to(tl.int64)
+    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < inner
+    gate = tl.load(x_ptr + row * stride_x + offs, mask=mask, other=0.0)
+    up = tl.load(x_ptr + row * stride_x + inner + offs, mask=mask, other=0.0).to(tl.float32)
+    gate32 = gate.to(tl.float32)
+    activated = gate32 / (1.0 + tl.exp(-gate32)) * up
+    tl.store(out_ptr + row * stride_o + offs, activated.to(gate.dtype), mask=mask)
+
+
+def silu_and_mul_triton(x: torch.Tensor) -> torch.Tensor:
+    """``silu(x[..., :I]) * x[..., I:]``; see ``silu_and_mul_ref``."""
+    if x.shape[-1] % 2:
+        raise ValueError(f"silu_and_mul needs an even last dim; got {x.shape[-1]}")
+    rows = _as_rows(x)
+    inner = rows.shape[1] // 2
+    out = torch.empty((rows.shape[0], inner), dtype=x.dtype, device=x.device)
+    block = min(1024, triton.next_power_of_2(inner))
+    if rows.shape[0]:
+        _silu_and_mul_kernel[(rows.shape[0], triton.cdiv(inner, block))](
+            rows, out, rows.stride(0), out.stride(0), inner, BLOCK=block, num_warps=4
+        )
+    return out.view(*x.shape[:-1], inner)
