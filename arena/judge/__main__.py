@@ -1,0 +1,5 @@
+"""``python -m arena.judge`` runs the ``arena-judge`` command line."""
+
+from arena.judge.cli import app
+
+app()
