@@ -46,6 +46,11 @@ class WordListModerator:
             for category, phrases in by_category.items()
         }
 
+    @property
+    def patterns(self) -> dict[str, re.Pattern[str]]:
+        """One compiled pattern per category (for callers that batch their own pre-checks)."""
+        return dict(self._patterns)
+
     @classmethod
     def from_file(cls, path: str | Path) -> WordListModerator:
         """Read ``category: phrase`` lines; ``#`` starts a comment; a bad line names its number."""
