@@ -11,7 +11,7 @@ import asyncio
 import logging
 import random
 import re
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -108,11 +108,17 @@ class WeightedPairSampler:
         return first.name, second.name, probabilities
 
 
-def make_pair_sampler(policy: str) -> PairSampler:
-    """The sampler named by ``ARENA_SAMPLING_POLICY``."""
+def make_pair_sampler(policy: str, sessions: sessionmaker[Session] | None = None) -> PairSampler:
+    """The sampler named by ``ARENA_SAMPLING_POLICY``; ``active`` reads vote counts through ``sessions``."""
     if policy == "weighted":
         return WeightedPairSampler()
-    raise ValueError(f"unknown sampling policy {policy!r}; known: weighted")
+    if policy == "active":
+        if sessions is None:
+            raise ValueError("the active sampling policy needs a session factory to read vote counts")
+        from arena.active_sampler import ActivePairSampler
+
+        return ActivePairSampler(sessions)
+    raise ValueError(f"unknown sampling policy {policy!r}; known: weighted, active")
 
 
 # ----------------------------------------------------------------------------- views
@@ -180,7 +186,7 @@ class ArenaService:
         self.registry = registry
         self.moderator = moderator
         self.settings = settings
-        self.sampler = sampler or make_pair_sampler(settings.sampling_policy)
+        self.sampler = sampler or make_pair_sampler(settings.sampling_policy, sessions)
         self._client_factory = client_factory or (
             lambda spec: ChatClient.for_model(
                 spec, timeout_s=settings.request_timeout_s, max_retries=settings.provider_max_retries
@@ -334,7 +340,7 @@ class ArenaService:
             raise ConflictError(_status_message(status))
         session.expire_all()
 
-    async def _stream_sides(self, battle_id: str, turn: int) -> AsyncIterator[TurnUpdate]:
+    async def _stream_sides(self, battle_id: str, turn: int) -> AsyncGenerator[TurnUpdate, None]:
         with self.sessions() as session:
             histories = {c.side or "": (c.model_name, _history(c)) for c in self._conversations(session, battle_id)}
         states = {side: SideState() for side in SIDES}

@@ -26,7 +26,7 @@ from arena.battles import (
     WeightedPairSampler,
 )
 from arena.config import REPO_ROOT, Settings
-from arena.db.models import Battle, BattleStatus, Flag, FlagKind, Message, Vote
+from arena.db.models import Battle, BattleStatus, Conversation, Flag, FlagKind, Message, Vote
 from arena.moderation import WordListModerator
 from arena.providers.registry import ModelRegistry, ModelSpec
 from tests.fake_openai import ChatRequest, FakeOpenAI, Reply
@@ -70,6 +70,14 @@ async def service(db_sessions, fake_models: FakeOpenAI, tmp_path: Path):  # type
     service = make_service(db_sessions, fake_models.base_url, tmp_path)
     yield service
     await service.aclose()
+
+
+def answers_of(session, battle_id: str) -> list[Message]:  # type: ignore[no-untyped-def]
+    """The assistant messages of one battle (other tests share the database)."""
+    return list(session.scalars(
+        select(Message).join(Conversation, Message.conversation_id == Conversation.id)
+        .where(Conversation.battle_id == battle_id, Message.role == "assistant")
+    ))
 
 
 async def play(service: ArenaService, battle_id: str, visitor: str, prompt: str):  # type: ignore[no-untyped-def]
@@ -117,7 +125,7 @@ async def test_battle_streams_both_answers_then_vote_reveals_names(service: Aren
     view = service.get_battle(battle.id, "visitor-1")
     assert view.model_a == outcome.model_a and view.status == BattleStatus.VOTED and view.vote == "a"
     with db_sessions() as session:
-        messages = session.scalars(select(Message).where(Message.role == "assistant")).all()
+        messages = answers_of(session, battle.id)
         assert len(messages) == 2
         assert all(m.completion_tokens and m.latency_ms and m.finish_reason == "stop" for m in messages)
         assert session.scalar(select(Vote.turn_count).where(Vote.battle_id == battle.id)) == 1
@@ -152,7 +160,7 @@ async def test_one_failing_endpoint_keeps_the_other_answer_and_blocks_the_vote(
     with pytest.raises(ConflictError, match="failed"):
         service.vote(battle.id, "visitor-4", "a")
     with db_sessions() as session:
-        stored = session.scalars(select(Message).where(Message.role == "assistant")).all()
+        stored = answers_of(session, battle.id)
         assert {bool(m.error) for m in stored} == {True, False}  # recorded as failed, not lost
 
 
@@ -282,5 +290,5 @@ async def test_leaving_mid_stream_stores_the_interrupted_turn(db_sessions, tmp_p
     with db_sessions() as session:
         stored = session.get(Battle, battle.id)
         assert stored.status == BattleStatus.FAILED
-        answers = session.scalars(select(Message).where(Message.role == "assistant")).all()
+        answers = answers_of(session, battle.id)
         assert len(answers) == 2 and all(m.error == "the answer was interrupted" for m in answers)

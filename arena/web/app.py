@@ -19,6 +19,8 @@ from arena.providers.registry import load_registry
 from arena.web.api import error_response
 from arena.web.api import router as api_router
 from arena.web.arena_ui import build_arena_ui
+from arena.web.leaderboard import LeaderboardRefresher, leaderboard_tab
+from arena.web.leaderboard import router as leaderboard_router
 from arena.web.visitors import VisitorCookieMiddleware
 
 logger = logging.getLogger(__name__)
@@ -43,7 +45,10 @@ def create_app(settings: Settings | None = None, service: ArenaService | None = 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         service.sync_models()
+        refresher = LeaderboardRefresher.from_settings(service.sessions, settings)
+        refresher.start()
         yield
+        await refresher.stop()
         await service.aclose()
 
     app = FastAPI(
@@ -67,5 +72,6 @@ def create_app(settings: Settings | None = None, service: ArenaService | None = 
         return {"status": "ok", "models": len(service.registry)}
 
     app.include_router(api_router, prefix="/api/v1", tags=["arena"])
-    blocks = build_arena_ui(service, identity)
+    app.include_router(leaderboard_router)
+    blocks = build_arena_ui(service, identity, leaderboard_tab=leaderboard_tab(service.sessions))
     return gr.mount_gradio_app(app, blocks, path="/", footer_links=["api"])

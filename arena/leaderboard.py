@@ -1,0 +1,439 @@
+"""The leaderboard job: votes in the database -> ratings -> stored snapshots.
+
+Steps, each idempotent so an interrupted run can simply be run again:
+
+1. :func:`annotate_battles` computes category tags and style features for voted battles that do
+   not have them yet and stores them on the battle (once per battle).
+2. :func:`detect_anomalous_voters` flags visitors whose votes are improbable under the fitted
+   model (``Visitor.anomalous`` and an ``anomalous_voter`` flag).
+3. :func:`compute_leaderboards` groups votes in the database (``GROUP BY model_a, model_b, choice,
+   tags``), fits Bradley-Terry with bootstrap intervals per category, with and without style
+   control, and stores one :class:`~arena.db.models.LeaderboardSnapshot` per (category, style).
+
+Battles with a flag (moderation, model identity revealed) are excluded, and so are the votes of
+anomalous visitors when ``ARENA_EXCLUDE_ANOMALOUS_VOTERS`` is on; the snapshot says how many.
+Pages read snapshots only, so a request never recomputes anything.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from lingua import LanguageDetector
+from sqlalchemy import exists, func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from arena.db.models import (
+    Battle,
+    Conversation,
+    Flag,
+    FlagKind,
+    LeaderboardSnapshot,
+    Message,
+    Model,
+    Visitor,
+    Vote,
+)
+from arena.ranking import (
+    BTConfig,
+    RatingScale,
+    StyleConfig,
+    battle_style,
+    bootstrap_bt,
+    elo_history,
+    fit_bt,
+    fit_style_bt,
+    leaderboard_table,
+    pair_counts_from_grouped,
+    sandwich_se,
+)
+from arena.ranking.anomalies import flag_anomalous_voters
+from arena.ranking.categories import build_language_detector, tag_battle
+from arena.ranking.style import STYLE_FEATURES, fit_style_rounds, prepare_style_data, row_resample_weights
+
+logger = logging.getLogger(__name__)
+
+OVERALL = "overall"
+# A weak ridge keeps ratings finite when a model has won (or lost) every vote of a small category.
+LEADERBOARD_BT = BTConfig(l2=0.01)
+HISTORY_PERIODS = 90
+
+
+@dataclass
+class LeaderboardOptions:
+    """What a compute run does; defaults suit the periodic refresh."""
+
+    rounds: int = 100
+    seed: int = 0
+    exclude_flagged: bool = True
+    exclude_anomalous_voters: bool = True
+    detect_anomalies: bool = True
+    anomaly_alpha: float = 0.01
+    anomaly_min_votes: int = 10
+    history_freq: str = "D"
+    scale: RatingScale = field(default_factory=RatingScale)
+
+
+# ----------------------------------------------------------------------------- annotation
+
+
+@lru_cache(maxsize=1)
+def language_detector() -> LanguageDetector:
+    """lingua's detector, built once per process: loading its models takes seconds (read-only after)."""
+    return build_language_detector()
+
+
+def annotate_battles(sessions: sessionmaker[Session], batch_size: int = 500) -> int:
+    """Store tags and style on voted battles that lack them; returns how many were annotated."""
+    done = 0
+    while True:
+        with sessions.begin() as session:
+            battles = session.scalars(
+                select(Battle)
+                .where(exists().where(Vote.battle_id == Battle.id))
+                .where(Battle.tags.is_(None) | Battle.style.is_(None))
+                .limit(batch_size)
+            ).all()
+            if not battles:
+                return done
+            detector = language_detector()
+            for battle in battles:
+                user_turns, answers = _battle_texts(session, battle.id)
+                battle.tags = tag_battle(user_turns, detector)
+                battle.style = battle_style(answers["a"], answers["b"])
+            done += len(battles)
+            logger.info("annotated %d battles", done)
+
+
+def _battle_texts(session: Session, battle_id: str) -> tuple[list[str], dict[str, list[str]]]:
+    """The visitor's turns (from side a; both sides get the same) and each side's answers."""
+    rows = session.execute(
+        select(Conversation.side, Message.role, Message.content)
+        .join(Message, Message.conversation_id == Conversation.id)
+        .where(Conversation.battle_id == battle_id)
+        .order_by(Conversation.side, Message.position)
+    ).all()
+    user_turns = [content for side, role, content in rows if side == "a" and role == "user"]
+    answers: dict[str, list[str]] = {"a": [], "b": []}
+    for side, role, content in rows:
+        if role == "assistant" and side in answers:
+            answers[side].append(content or "")
+    return user_turns, answers
+
+
+# ----------------------------------------------------------------------------- reading votes
+
+
+def _counted_votes(exclude_flagged: bool, exclude_anomalous: bool) -> Any:
+    """A select over votes joined to battles, with the exclusions as WHERE clauses."""
+    query = select(Battle.model_a, Battle.model_b, Vote.choice).join(Vote, Vote.battle_id == Battle.id)
+    if exclude_flagged:
+        query = query.where(~exists().where(Flag.battle_id == Battle.id))
+    if exclude_anomalous:
+        query = query.where(
+            ~exists().where((Visitor.id == Vote.visitor_id) & Visitor.anomalous.is_(True))
+        )
+    return query
+
+
+def grouped_votes(session: Session, exclude_flagged: bool = True, exclude_anomalous: bool = True) -> pd.DataFrame:
+    """Vote counts grouped in the database: model_a, model_b, winner, tags, count."""
+    query = _counted_votes(exclude_flagged, exclude_anomalous).add_columns(Battle.tags, func.count())
+    query = query.group_by(Battle.model_a, Battle.model_b, Vote.choice, Battle.tags)
+    rows = session.execute(query).all()
+    return pd.DataFrame(rows, columns=["model_a", "model_b", "winner", "tags", "count"])
+
+
+def grouped_pair_votes(session: Session) -> pd.DataFrame:
+    """Vote counts per (model_a, model_b, winner) over all counted votes; for pair sampling."""
+    query = _counted_votes(True, True).add_columns(func.count())
+    query = query.group_by(Battle.model_a, Battle.model_b, Vote.choice)
+    return pd.DataFrame(session.execute(query).all(), columns=["model_a", "model_b", "winner", "count"])
+
+
+def vote_rows(session: Session, exclude_flagged: bool = True, exclude_anomalous: bool = True) -> pd.DataFrame:
+    """One row per counted vote with time, tags and style (for style control and rating history)."""
+    query = _counted_votes(exclude_flagged, exclude_anomalous).add_columns(
+        Vote.created_at, Vote.visitor_id, Battle.tags, Battle.style
+    )
+    rows = session.execute(query.order_by(Vote.created_at, Vote.id)).all()
+    return pd.DataFrame(
+        rows, columns=["model_a", "model_b", "winner", "timestamp", "visitor", "tags", "style"]
+    )
+
+
+def exclusion_counts(session: Session) -> dict[str, int]:
+    """Votes left out of the leaderboard, by reason (a battle with several flags counts once per kind)."""
+    counts = {kind.value: 0 for kind in FlagKind}
+    flagged = session.execute(
+        select(Flag.kind, func.count(func.distinct(Vote.battle_id)))
+        .join(Vote, Vote.battle_id == Flag.battle_id)
+        .group_by(Flag.kind)
+    ).all()
+    counts.update({kind: int(n) for kind, n in flagged})
+    counts[FlagKind.ANOMALOUS_VOTER.value] = int(session.scalar(
+        select(func.count(Vote.id))
+        .join(Visitor, Visitor.id == Vote.visitor_id)
+        .where(Visitor.anomalous.is_(True))
+        .where(~exists().where(Flag.battle_id == Vote.battle_id))
+    ) or 0)
+    return counts
+
+
+# ----------------------------------------------------------------------------- anomalies
+
+
+def detect_anomalous_voters(sessions: sessionmaker[Session], alpha: float = 0.01, min_votes: int = 10) -> int:
+    """Flag visitors whose votes are improbable under the model; returns how many were newly flagged."""
+    with sessions() as session:
+        votes = vote_rows(session, exclude_flagged=True, exclude_anomalous=False)
+    votes = votes[votes["visitor"].notna().to_numpy(bool)]
+    if votes.empty:
+        return 0
+    verdicts = flag_anomalous_voters(votes, alpha=alpha, min_votes=min_votes)
+    flagged = verdicts[verdicts["flagged"]]
+    newly = 0
+    with sessions.begin() as session:
+        for row in flagged.itertuples(index=False):
+            visitor = session.get(Visitor, row.visitor)
+            if visitor is None or visitor.anomalous:
+                continue
+            visitor.anomalous = True
+            session.add(Flag(kind=FlagKind.ANOMALOUS_VOTER, visitor_id=row.visitor,
+                             detail=f"{row.votes} votes, combined p = {row.p_value:.2e} (Fisher)"))
+            newly += 1
+    if newly:
+        logger.warning("flagged %d anomalous voters", newly)
+    return newly
+
+
+# ----------------------------------------------------------------------------- computing
+
+
+def categories_in(grouped: pd.DataFrame) -> list[str]:
+    """``overall`` first, then every category some counted vote carries, sorted."""
+    found: set[str] = set()
+    for tags in grouped["tags"]:
+        if isinstance(tags, dict):
+            found.update(str(c) for c in tags.get("categories", []))
+    found.discard(OVERALL)
+    return [OVERALL, *sorted(found)]
+
+
+def _in_category(tags_column: pd.Series, category: str) -> np.ndarray:
+    if category == OVERALL:
+        return np.ones(len(tags_column), dtype=bool)
+    return tags_column.map(
+        lambda tags: isinstance(tags, dict) and category in tags.get("categories", [])
+    ).to_numpy(bool)
+
+
+def _style_frame(votes: pd.DataFrame) -> pd.DataFrame:
+    """Votes with stored style, as a battles table with ``<feature>_a`` / ``<feature>_b`` columns."""
+    has_style = votes["style"].map(lambda s: isinstance(s, dict) and "a" in s and "b" in s).to_numpy(bool)
+    styled = votes[has_style]
+    frame = styled[["model_a", "model_b", "winner"]].reset_index(drop=True)
+    for side in ("a", "b"):
+        for feature in STYLE_FEATURES:
+            frame[f"{feature}_{side}"] = [int(s[side].get(feature, 0)) for s in styled["style"]]
+    return frame
+
+
+def _plain_table(grouped: pd.DataFrame, options: LeaderboardOptions) -> tuple[pd.DataFrame, Any]:
+    counts = pair_counts_from_grouped(grouped[["model_a", "model_b", "winner", "count"]])
+    fit = fit_bt(counts, LEADERBOARD_BT, options.scale)
+    samples = bootstrap_bt(counts, options.rounds, options.seed, LEADERBOARD_BT, options.scale)
+    se = sandwich_se(counts, fit, LEADERBOARD_BT, options.scale)
+    return leaderboard_table(fit.ratings, samples, counts.votes_per_model(), se), counts
+
+
+def _style_table(battles: pd.DataFrame, options: LeaderboardOptions) -> tuple[pd.DataFrame, dict[str, float]]:
+    config = StyleConfig()
+    data = prepare_style_data(battles, config)
+    fit = fit_style_bt(data, config, options.scale)
+    rng = np.random.default_rng(options.seed)
+    samples = fit_style_rounds(data, lambda g: row_resample_weights(data.n_rows, g, rng), options.rounds,
+                               config, options.scale, warm_start=fit)
+    votes = pd.concat([battles["model_a"], battles["model_b"]]).value_counts()
+    return leaderboard_table(fit.ratings, samples, votes), fit.coefficients.round(4).to_dict()
+
+
+def _matrix_payload(frame: pd.DataFrame, order: list[str]) -> dict[str, Any]:
+    frame = frame.reindex(index=order, columns=order)
+    values = [[None if pd.isna(v) else round(float(v), 4) for v in row] for row in frame.to_numpy()]
+    return {"models": order, "values": values}
+
+
+def _history_payload(votes: pd.DataFrame, freq: str, models: list[str]) -> dict[str, Any]:
+    if votes.empty:
+        return {"times": [], "series": {}}
+    frame = votes[["model_a", "model_b", "winner"]].copy()
+    frame["timestamp"] = pd.to_datetime(votes["timestamp"], utc=True)
+    history = elo_history(frame, freq=freq).tail(HISTORY_PERIODS)
+    series = {m: [None if pd.isna(v) else round(float(v), 1) for v in history[m]] for m in models if m in history}
+    return {"times": [t.isoformat() for t in history.index], "series": series}
+
+
+def _rows_payload(table: pd.DataFrame, meta: dict[str, tuple[str, str]]) -> list[dict[str, Any]]:
+    rows = []
+    for row in table.itertuples(index=False):
+        organization, license_ = meta.get(row.model, ("", ""))
+        rows.append({
+            "rank": int(row.rank),
+            "model": row.model,
+            "rating": round(float(row.rating), 1),
+            "ci_lower": round(float(row.lower), 1),
+            "ci_upper": round(float(row.upper), 1),
+            "votes": int(row.votes),
+            "organization": organization,
+            "license": license_,
+        })
+    return rows
+
+
+def build_snapshots(
+    grouped: pd.DataFrame,
+    votes: pd.DataFrame,
+    meta: dict[str, tuple[str, str]],
+    exclusions: dict[str, int],
+    options: LeaderboardOptions,
+    now: datetime,
+) -> list[LeaderboardSnapshot]:
+    """Snapshot rows for every category x {plain, style-controlled}; pure apart from the ORM objects."""
+    categories = categories_in(grouped)
+    snapshots = []
+    for category in categories:
+        in_grouped = grouped[_in_category(grouped["tags"], category)]
+        in_votes = votes[_in_category(votes["tags"], category)]
+        vote_count = int(in_grouped["count"].sum())
+        base = {"categories": categories, "exclusions": exclusions, "computed_at": now.isoformat(),
+                "bootstrap_rounds": options.rounds}
+        plain: dict[str, Any] = {**base, "rows": []}
+        order: list[str] = []
+        if vote_count:
+            table, counts = _plain_table(in_grouped, options)
+            order = list(table["model"])
+            plain["rows"] = _rows_payload(table, meta)
+            plain["win_rate"] = _matrix_payload(counts.win_rate_matrix(), order)
+            plain["battle_counts"] = _matrix_payload(counts.matrix(), order)
+            plain["history"] = _history_payload(in_votes, options.history_freq, order)
+        snapshots.append(LeaderboardSnapshot(created_at=now, category=category, style_control=False,
+                                             vote_count=vote_count, payload=plain))
+        styled = _style_frame(in_votes)
+        style: dict[str, Any] = {**base, "rows": [], "styled_votes": len(styled)}
+        if len(styled) and styled[["model_a", "model_b"]].stack().nunique() >= 2:
+            table, coefficients = _style_table(styled, options)
+            style["rows"] = _rows_payload(table, meta)
+            style["style_coefficients"] = coefficients
+            for key in ("win_rate", "battle_counts", "history"):
+                if key in plain:
+                    style[key] = plain[key]
+        snapshots.append(LeaderboardSnapshot(created_at=now, category=category, style_control=True,
+                                             vote_count=len(styled), payload=style))
+    return snapshots
+
+
+def compute_leaderboards(sessions: sessionmaker[Session], options: LeaderboardOptions | None = None,
+                         now: datetime | None = None) -> list[LeaderboardSnapshot]:
+    """Annotate, flag anomalies, compute every category and store the snapshots; returns them."""
+    options = options or LeaderboardOptions()
+    now = now or datetime.now(UTC)
+    annotate_battles(sessions)
+    if options.detect_anomalies:
+        detect_anomalous_voters(sessions, options.anomaly_alpha, options.anomaly_min_votes)
+    with sessions() as session:
+        grouped = grouped_votes(session, options.exclude_flagged, options.exclude_anomalous_voters)
+        votes = vote_rows(session, options.exclude_flagged, options.exclude_anomalous_voters)
+        exclusions = exclusion_counts(session)
+        if not options.exclude_anomalous_voters:
+            exclusions[FlagKind.ANOMALOUS_VOTER.value] = 0
+        meta = {m.name: (m.organization, m.license) for m in session.scalars(select(Model))}
+    snapshots = build_snapshots(grouped, votes, meta, exclusions, options, now)
+    with sessions.begin() as session:
+        session.add_all(snapshots)
+    logger.info("stored %d leaderboard snapshots (%d votes overall)", len(snapshots),
+                snapshots[0].vote_count if snapshots else 0)
+    return snapshots
+
+
+# ----------------------------------------------------------------------------- reading snapshots
+
+
+@dataclass
+class LeaderboardView:
+    """What pages and the API show: the newest snapshot of one (category, style) or an empty state."""
+
+    category: str
+    style_control: bool
+    rows: list[dict[str, Any]]
+    vote_count: int
+    updated_at: datetime | None
+    payload: dict[str, Any]
+
+    @property
+    def empty(self) -> bool:
+        return not self.rows
+
+    @property
+    def categories(self) -> list[str]:
+        return list(self.payload.get("categories", [OVERALL]))
+
+    @property
+    def exclusions(self) -> dict[str, int]:
+        return dict(self.payload.get("exclusions", {}))
+
+    def as_frame(self) -> pd.DataFrame:
+        columns = ["rank", "model", "rating", "ci_lower", "ci_upper", "votes", "organization", "license"]
+        return pd.DataFrame(self.rows, columns=columns)
+
+
+def latest_view(session: Session, category: str = OVERALL, style_control: bool = False) -> LeaderboardView:
+    """The newest snapshot for ``category`` and ``style_control`` (an empty view if none yet)."""
+    snapshot = session.scalars(
+        select(LeaderboardSnapshot)
+        .where(LeaderboardSnapshot.category == category, LeaderboardSnapshot.style_control.is_(style_control))
+        .order_by(LeaderboardSnapshot.created_at.desc(), LeaderboardSnapshot.id.desc())
+        .limit(1)
+    ).first()
+    if snapshot is None:
+        categories = _known_categories(session)
+        return LeaderboardView(category, style_control, [], 0, None, {"categories": categories})
+    created = snapshot.created_at if snapshot.created_at.tzinfo else snapshot.created_at.replace(tzinfo=UTC)
+    return LeaderboardView(category, style_control, list(snapshot.payload.get("rows", [])),
+                           snapshot.vote_count, created, dict(snapshot.payload))
+
+
+def _known_categories(session: Session) -> list[str]:
+    latest = session.scalars(
+        select(LeaderboardSnapshot)
+        .where(LeaderboardSnapshot.category == OVERALL)
+        .order_by(LeaderboardSnapshot.created_at.desc())
+        .limit(1)
+    ).first()
+    return list(latest.payload.get("categories", [OVERALL])) if latest else [OVERALL]
+
+
+def prune_snapshots(session: Session, keep: int = 50, categories: Iterable[str] | None = None) -> int:
+    """Delete all but the newest ``keep`` snapshots per (category, style); returns how many went."""
+    removed = 0
+    pairs = session.execute(select(LeaderboardSnapshot.category, LeaderboardSnapshot.style_control).distinct()).all()
+    for category, style_control in pairs:
+        if categories is not None and category not in set(categories):
+            continue
+        stale = session.scalars(
+            select(LeaderboardSnapshot)
+            .where(LeaderboardSnapshot.category == category, LeaderboardSnapshot.style_control.is_(style_control))
+            .order_by(LeaderboardSnapshot.created_at.desc(), LeaderboardSnapshot.id.desc())
+            .offset(keep)
+        ).all()
+        for snapshot in stale:
+            session.delete(snapshot)
+        removed += len(stale)
+    return removed

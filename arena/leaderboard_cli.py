@@ -1,0 +1,88 @@
+"""``arena leaderboard``: recompute the snapshots from the database, or print the newest one."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from arena.config import get_settings
+from arena.db.session import get_engine, session_factory
+from arena.leaderboard import OVERALL, LeaderboardOptions, LeaderboardView, compute_leaderboards, latest_view
+
+app = typer.Typer(help="The leaderboard: compute snapshots from the votes, show them.", no_args_is_help=True)
+
+
+def _sessions(url: str | None):  # type: ignore[no-untyped-def]
+    return session_factory(get_engine(url or get_settings().database_url))
+
+
+@app.command()
+def compute(
+    rounds: int = typer.Option(100, min=10, help="Bootstrap rounds for the confidence intervals"),
+    include_flagged: bool = typer.Option(False, help="Count battles flagged for moderation or identity leaks"),
+    include_anomalous: bool = typer.Option(
+        None, help="Count votes of anomalous visitors (default: the opposite of ARENA_EXCLUDE_ANOMALOUS_VOTERS)"),
+    detect_anomalies: bool = typer.Option(True, help="Run anomalous-voter detection first"),
+    url: str | None = typer.Option(None, help="Database URL (default: ARENA_DATABASE_URL)"),
+) -> None:
+    """Recompute every category's leaderboard (plain and style-controlled) and store snapshots."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    exclude_anomalous = (
+        get_settings().exclude_anomalous_voters if include_anomalous is None else not include_anomalous
+    )
+    options = LeaderboardOptions(rounds=rounds, exclude_flagged=not include_flagged,
+                                 exclude_anomalous_voters=exclude_anomalous, detect_anomalies=detect_anomalies)
+    console = Console()
+    with console.status("computing leaderboards (tags, anomalies, Bradley-Terry, bootstrap)..."):
+        snapshots = compute_leaderboards(_sessions(url), options)
+    overall = snapshots[0] if snapshots else None
+    console.print(f"stored {len(snapshots)} snapshots; {overall.vote_count if overall else 0} votes counted overall; "
+                  f"categories: {', '.join(sorted({s.category for s in snapshots}))}")
+
+
+def _table(view: LeaderboardView) -> Table:
+    title = f"Leaderboard · {view.category}{' · style control' if view.style_control else ''}"
+    table = Table(title=title, caption=_caption(view))
+    for column, justify in (("Rank", "right"), ("Model", "left"), ("Rating", "right"), ("95% CI", "right"),
+                            ("Votes", "right"), ("Organization", "left"), ("License", "left")):
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    for r in view.rows:
+        table.add_row(str(r["rank"]), r["model"], f"{r['rating']:.0f}",
+                      f"+{r['ci_upper'] - r['rating']:.0f}/-{r['rating'] - r['ci_lower']:.0f}",
+                      str(r["votes"]), r["organization"], r["license"])
+    return table
+
+
+def _caption(view: LeaderboardView) -> str:
+    updated = view.updated_at.strftime("%Y-%m-%d %H:%M UTC") if view.updated_at else "never"
+    excluded = ", ".join(f"{n} {kind}" for kind, n in view.exclusions.items() if n) or "none"
+    return f"{view.vote_count} votes · updated {updated} · excluded: {excluded}"
+
+
+@app.command()
+def show(
+    category: str = typer.Option(OVERALL, help="Category, e.g. overall, coding, language:en"),
+    style_control: bool = typer.Option(False, help="Show the style-controlled ratings"),
+    output: str = typer.Option("table", help="table, json or csv"),
+    url: str | None = typer.Option(None, help="Database URL (default: ARENA_DATABASE_URL)"),
+) -> None:
+    """Print the newest stored leaderboard."""
+    if output not in ("table", "json", "csv"):
+        raise typer.BadParameter("use table, json or csv", param_hint="--output")
+    with _sessions(url)() as session:
+        view = latest_view(session, category, style_control)
+    if output == "json":
+        typer.echo(json.dumps({"category": view.category, "style_control": view.style_control,
+                               "vote_count": view.vote_count, "rows": view.rows}, indent=2))
+    elif output == "csv":
+        typer.echo(view.as_frame().to_csv(index=False), nl=False)
+    elif view.empty:
+        typer.echo("No ratings yet: vote in some battles, then run `arena leaderboard compute`.")
+        if view.updated_at is None and category != OVERALL:
+            typer.echo(f"Known categories: {', '.join(view.categories)}")
+    else:
+        Console().print(_table(view))

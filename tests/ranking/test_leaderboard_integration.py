@@ -1,0 +1,89 @@
+"""The active pair sampler, the periodic refresh and the ``arena leaderboard`` CLI on real databases."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from arena.active_sampler import ActivePairSampler
+from arena.battles import ArenaError, make_pair_sampler
+from arena.cli import app
+from arena.db.session import get_engine, session_factory
+from arena.leaderboard import latest_view
+from arena.providers.registry import ModelSpec
+from arena.web.leaderboard import LeaderboardRefresher
+from tests.conftest import migrate
+
+from .seed import TRUE_RATINGS, seed_votes
+
+
+def specs(names: list[str]) -> list[ModelSpec]:
+    return [ModelSpec(name=n, base_url="http://127.0.0.1:9/v1", model_id=n) for n in names]
+
+
+def test_active_sampler_draws_valid_pairs_and_caches_its_plan(db_sessions):
+    seed_votes(db_sessions, 80, seed=5)
+    ticks = [0.0]
+    sampler = make_pair_sampler("active", db_sessions)
+    assert isinstance(sampler, ActivePairSampler)
+    sampler.clock = lambda: ticks[0]
+    rng = random.Random(0)
+    models = specs([*TRUE_RATINGS, "newcomer-7b"])
+    seen = set()
+    for _ in range(300):
+        a, b, shares = sampler.sample(models, rng)
+        assert a != b and {a, b} <= {m.name for m in models}
+        seen.add(frozenset((a, b)))
+    assert sum(shares.values()) == pytest.approx(1.0)
+    # The unseen newcomer has by far the widest interval: nearly every battle is its, against everyone.
+    assert shares["newcomer-7b"] > 0.4  # uniform sampling would give it 0.2
+    assert {frozenset(("newcomer-7b", name)) for name in TRUE_RATINGS} <= seen
+    plan = sampler.plan([m.name for m in models])
+    assert sampler.plan([m.name for m in models]) is plan  # cached within refresh_s
+    ticks[0] = 1e6
+    assert sampler.plan([m.name for m in models]) is not plan
+    with pytest.raises(ArenaError, match="at least two models"):
+        sampler.sample(specs(["solo"]), rng)
+    with pytest.raises(ValueError, match="needs a session factory"):
+        make_pair_sampler("active")
+
+
+async def test_refresher_stores_snapshots_on_schedule(db_sessions):
+    seed_votes(db_sessions, 40, seed=9)
+    refresher = LeaderboardRefresher(db_sessions, interval_s=0.05)
+    refresher.options.rounds = 10
+    refresher.start()
+    try:
+        for _ in range(600):
+            await asyncio.sleep(0.05)
+            with db_sessions() as session:
+                if not latest_view(session).empty:
+                    break
+    finally:
+        await refresher.stop()
+    with db_sessions() as session:
+        assert latest_view(session).vote_count == 40
+
+
+def test_cli_compute_then_show(tmp_path: Path):
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    migrate(url)
+    runner = CliRunner()
+    empty = runner.invoke(app, ["leaderboard", "show", "--url", url])
+    assert empty.exit_code == 0 and "No ratings yet" in empty.output
+    seed_votes(session_factory(get_engine(url)), 60, seed=2)
+    computed = runner.invoke(app, ["leaderboard", "compute", "--url", url, "--rounds", "10"])
+    assert computed.exit_code == 0, computed.output
+    assert "60 votes counted overall" in computed.output
+    shown = runner.invoke(app, ["leaderboard", "show", "--url", url])
+    assert shown.exit_code == 0 and "alpha-70b" in shown.output and "95% CI" in shown.output
+    as_json = runner.invoke(app, ["leaderboard", "show", "--url", url, "--output", "json", "--style-control"])
+    assert json.loads(as_json.output)["style_control"] is True
+    bad = runner.invoke(app, ["leaderboard", "show", "--url", url, "--output", "xml"])
+    assert bad.exit_code != 0
+    get_engine(url).dispose()

@@ -1,0 +1,66 @@
+"""The leaderboard job against real databases (SQLite and PostgreSQL): GROUP BY, tags, exclusions, snapshots."""
+
+from __future__ import annotations
+
+from sqlalchemy import func, select
+
+from arena.db.models import Battle, Flag, LeaderboardSnapshot, Visitor
+from arena.leaderboard import LeaderboardOptions, compute_leaderboards, grouped_votes, latest_view
+
+from .seed import TRUE_RATINGS, seed_votes
+
+FAST = LeaderboardOptions(rounds=20, anomaly_min_votes=1000)
+
+
+def test_empty_database_gives_an_honest_empty_view(db_sessions):
+    with db_sessions() as session:
+        view = latest_view(session)
+    assert view.empty and view.updated_at is None and view.categories == ["overall"]
+    compute_leaderboards(db_sessions, FAST)
+    with db_sessions() as session:
+        view = latest_view(session)
+    assert view.empty and view.vote_count == 0 and view.updated_at is not None
+
+
+def test_compute_stores_snapshots_with_ranks_categories_and_exclusions(db_sessions):
+    seed_votes(db_sessions, 240, flagged=12)
+    snapshots = compute_leaderboards(db_sessions, FAST)
+    with db_sessions() as session:
+        overall = latest_view(session, "overall", False)
+        styled = latest_view(session, "overall", True)
+        coding = latest_view(session, "coding", False)
+        tagged = session.scalar(select(func.count()).select_from(Battle).where(Battle.tags.is_not(None)))
+        stored = session.scalar(select(func.count()).select_from(LeaderboardSnapshot))
+    assert stored == len(snapshots) >= 4
+    assert tagged == 240  # tags and style are stored once per battle, flagged ones included
+    assert overall.vote_count == 228 and overall.exclusions["moderation"] == 12
+    assert [row["model"] for row in overall.rows][0] == "alpha-70b"
+    assert {row["model"] for row in overall.rows} == set(TRUE_RATINGS)
+    top = overall.rows[0]
+    assert top["ci_lower"] <= top["rating"] <= top["ci_upper"] and top["organization"] == "Alpha Labs"
+    assert {"coding", "language:fr", "language:en"} <= set(overall.categories)
+    assert 0 < coding.vote_count < overall.vote_count
+    assert styled.rows and "style_coefficients" in styled.payload
+    assert overall.payload["win_rate"]["models"] == [row["model"] for row in overall.rows]
+    assert len(overall.payload["history"]["times"]) == 3  # three days of votes, one point a day
+
+
+def test_grouping_happens_in_the_database_and_respects_flags(db_sessions):
+    seed_votes(db_sessions, 60, seed=3, flagged=6)
+    with db_sessions() as session:
+        kept = grouped_votes(session)
+        everything = grouped_votes(session, exclude_flagged=False)
+    assert kept["count"].sum() == 54 and everything["count"].sum() == 60
+    assert len(kept) < 54  # rows are groups, not votes
+
+
+def test_anomalous_voter_is_flagged_and_excluded(db_sessions):
+    seed_votes(db_sessions, 250, seed=4, adversary_votes=30)
+    compute_leaderboards(db_sessions, LeaderboardOptions(rounds=10, anomaly_min_votes=10))
+    with db_sessions() as session:
+        adversary = session.get(Visitor, "adversary-4")
+        flags = session.scalars(select(Flag).where(Flag.kind == "anomalous_voter")).all()
+        view = latest_view(session)
+    assert adversary is not None and adversary.anomalous
+    assert [flag.visitor_id for flag in flags] == ["adversary-4"] and "Fisher" in flags[0].detail
+    assert view.exclusions["anomalous_voter"] == 30 and view.vote_count == 250

@@ -1,0 +1,143 @@
+"""The leaderboard page, its JSON/CSV API and the Gradio tab, over real HTTP and in a real browser.
+
+Each scenario gets its own migrated SQLite database (votes seeded from known true ratings, then
+``compute_leaderboards`` as ``arena leaderboard compute`` runs it), served by the real app.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from arena.config import Settings
+from arena.db.session import get_engine, session_factory
+from arena.leaderboard import LeaderboardOptions, compute_leaderboards
+from arena.web.app import create_app
+from tests.conftest import migrate
+from tests.ranking.seed import TRUE_RATINGS, seed_votes
+from tests.servers import serve_app
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
+needs_chromium = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium is not installed")
+
+
+def _serve(tmp_path: Path, with_votes: bool) -> Iterator[str]:
+    url = f"sqlite:///{tmp_path / 'leaderboard.db'}"
+    migrate(url)
+    registry = tmp_path / "models.toml"
+    registry.write_text("".join(
+        f'[[models]]\nname = "{name}"\nbase_url = "http://127.0.0.1:9/v1"\nmodel_id = "{name}"\n'
+        f'organization = "{name.split("-")[0].title()} Labs"\nlicense = "Apache-2.0"\n\n'
+        for name in TRUE_RATINGS
+    ))
+    settings = Settings(database_url=url, models_file=registry, secret_key="leaderboard-test",
+                        leaderboard_refresh_s=0)
+    if with_votes:
+        sessions = session_factory(get_engine(url))
+        seed_votes(sessions, 150, flagged=5)
+        compute_leaderboards(sessions, LeaderboardOptions(rounds=20, anomaly_min_votes=1000))
+    try:
+        with serve_app(create_app(settings)) as base:
+            yield base
+    finally:
+        get_engine(url).dispose()
+
+
+@pytest.fixture(scope="module")
+def voted_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    yield from _serve(tmp_path_factory.mktemp("voted"), with_votes=True)
+
+
+@pytest.fixture(scope="module")
+def empty_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    yield from _serve(tmp_path_factory.mktemp("empty"), with_votes=False)
+
+
+def test_api_serves_json_and_csv(voted_url: str):
+    body = httpx.get(f"{voted_url}/api/v1/leaderboard").json()
+    assert body["category"] == "overall" and body["vote_count"] == 145
+    assert body["excluded_votes"]["moderation"] == 5
+    assert body["rows"][0]["model"] == "alpha-70b" and body["rows"][0]["organization"] == "Alpha Labs"
+    styled = httpx.get(f"{voted_url}/api/v1/leaderboard", params={"style_control": "true"}).json()
+    assert styled["style_control"] and styled["rows"] and set(styled["style_coefficients"]) == {
+        "tokens", "headers", "lists", "bold"}
+    response = httpx.get(f"{voted_url}/api/v1/leaderboard", params={"category": "coding", "format": "csv"})
+    assert response.headers["content-type"].startswith("text/csv")
+    assert "attachment" in response.headers["content-disposition"]
+    rows = list(csv.DictReader(io.StringIO(response.text)))
+    assert {r["model"] for r in rows} <= set(TRUE_RATINGS) and rows[0]["rank"] == "1"
+
+
+def test_api_rejects_unknown_category_and_format(voted_url: str):
+    missing = httpx.get(f"{voted_url}/api/v1/leaderboard", params={"category": "poetry"})
+    assert missing.status_code == 404 and "known: overall" in missing.json()["error"]["message"]
+    assert httpx.get(f"{voted_url}/api/v1/leaderboard", params={"format": "xml"}).status_code == 422
+
+
+def test_empty_state_over_http(empty_url: str):
+    page = httpx.get(f"{empty_url}/leaderboard").text
+    assert 'id="leaderboard-empty"' in page and "not been computed yet" in page
+    assert httpx.get(f"{empty_url}/api/v1/leaderboard").json()["rows"] == []
+
+
+@pytest.fixture(scope="module")
+def browser():  # type: ignore[no-untyped-def]
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.mark.browser
+@needs_chromium
+def test_page_in_browser_shows_table_plots_and_switches(browser, voted_url: str, artifacts_dir: Path):  # type: ignore[no-untyped-def]
+    from playwright.sync_api import expect
+
+    page = browser.new_page(viewport={"width": 1280, "height": 1200})
+    page.goto(f"{voted_url}/leaderboard", wait_until="load")
+    rows = page.locator("#leaderboard-table tbody tr")
+    expect(rows).to_have_count(len(TRUE_RATINGS))
+    expect(rows.first).to_contain_text("alpha-70b")
+    expect(rows.first).to_contain_text("Alpha Labs")
+    for plot in ("plot-ratings", "plot-win-rate", "plot-battle-counts", "plot-history"):
+        expect(page.locator(f"#{plot} .main-svg").first).to_be_visible(timeout=20_000)
+    expect(page.locator("#leaderboard-meta")).to_contain_text("5 moderation")
+    page.screenshot(path=str(artifacts_dir / "leaderboard_page.png"), full_page=True)
+
+    page.locator("#style-control-toggle").check()
+    page.wait_for_url("**style_control=true**")
+    expect(page.locator("h1")).to_contain_text("Style-controlled")
+    expect(page.locator("#leaderboard-table tbody tr").first).to_be_visible()
+    page.locator("#category-select").select_option("coding")
+    page.wait_for_url("**category=coding**")
+    expect(page.locator("#category-select")).to_have_value("coding")
+    expect(page.locator("#leaderboard-table tbody tr").first).to_be_visible()
+    page.close()
+
+
+@pytest.mark.browser
+@needs_chromium
+def test_gradio_tab_and_empty_page_in_browser(browser, voted_url: str, empty_url: str, artifacts_dir: Path):  # type: ignore[no-untyped-def]
+    from playwright.sync_api import expect
+
+    page = browser.new_page(viewport={"width": 1280, "height": 1000})
+    page.goto(f"{empty_url}/leaderboard", wait_until="load")
+    expect(page.locator("#leaderboard-empty")).to_contain_text("No ratings yet")
+    expect(page.locator("#leaderboard-table")).to_have_count(0)
+    page.screenshot(path=str(artifacts_dir / "leaderboard_empty.png"), full_page=True)
+
+    page.goto(voted_url, wait_until="load")
+    page.get_by_role("tab", name="🏆 Leaderboard").click()
+    table = page.locator("#gr-leaderboard-table")
+    expect(table).to_contain_text("alpha-70b", timeout=30_000)
+    expect(page.locator("#gr-leaderboard-note")).to_contain_text("145 votes")
+    page.close()
