@@ -1,0 +1,88 @@
+"""``python -m serving`` / ``arena-serve``: host one or more models behind the OpenAI API.
+
+Example (the arena demo)::
+
+    python -m serving.demo_models --out data/demo_models
+    python -m serving --model demo-llama-tiny=data/demo_models/demo-llama-tiny \\
+        --model demo-qwen-tiny=data/demo_models/demo-qwen-tiny --port 8100 --device cpu
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import uvicorn
+
+from serving.engine import AsyncEngine, Engine, EngineConfig
+
+logger = logging.getLogger("serving")
+
+
+def parse_model_spec(spec: str) -> tuple[str, str]:
+    """``NAME=PATH`` -> (name, path); a bare PATH is served under its directory name."""
+    name, sep, path = spec.partition("=")
+    if not sep:
+        path, name = spec, Path(spec).name
+    if not name or not path:
+        raise argparse.ArgumentTypeError(f"expected NAME=PATH, got {spec!r}")
+    return name, path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="arena-serve", description="OpenAI-compatible model server.")
+    parser.add_argument(
+        "--model",
+        action="append",
+        type=parse_model_spec,
+        required=True,
+        metavar="NAME=PATH",
+        help="a served model: name and local Hugging Face-format directory (repeat for several)",
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8100)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: by device)")
+    parser.add_argument("--max-running", type=int, default=32, help="requests decoded together")
+    parser.add_argument("--max-batch-tokens", type=int, default=512, help="token budget of one step")
+    parser.add_argument("--max-context", type=int, default=None, help="longest prompt + output")
+    parser.add_argument("--kv-memory-gb", type=float, default=None, help="KV pool size per model")
+    parser.add_argument("--no-cuda-graphs", action="store_true", help="run decode eagerly on CUDA")
+    parser.add_argument("--log-level", default="info")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    from serving.server import create_app  # the only FastAPI importer
+
+    names = [name for name, _ in args.model]
+    if len(set(names)) != len(names):
+        raise SystemExit(f"model names must be unique: {names}")
+    engines = {}
+    for name, path in args.model:
+        config = EngineConfig(
+            model_path=path,
+            device=args.device,
+            dtype=args.dtype,
+            max_context=args.max_context,
+            max_running=args.max_running,
+            max_batch_tokens=args.max_batch_tokens,
+            kv_memory_gb=args.kv_memory_gb,
+            cuda_graphs=False if args.no_cuda_graphs else None,
+        )
+        try:
+            engine = Engine(config)
+        except (OSError, ValueError) as error:  # missing/corrupt checkpoint, bad options
+            raise SystemExit(f"arena-serve: cannot load model {name!r} from {path}: {error}") from None
+        engines[name] = AsyncEngine(engine, name)
+        logger.info("serving %s from %s on %s", name, path, args.device)
+    uvicorn.run(create_app(engines), host=args.host, port=args.port, log_level=args.log_level.lower())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,179 @@
+"""Runs the model on a scheduled batch: builds the :class:`ForwardBatch`, owns the KV memory,
+and replays CUDA graphs for decode batches on the GPU (one graph per batch-size bucket)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from serving.attention import AttentionBackend, ForwardBatch, ForwardMode
+from serving.memory import PADDING_SLOT, KVPool, ReqToTokenPool
+from serving.models import LlamaForCausalLM
+from serving.models.llama import head_dim_of
+from serving.scheduler import ScheduledBatch
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class MemoryPlan:
+    """Sizes of the KV pool and request table."""
+
+    num_slots: int
+    max_running: int
+    max_context: int
+
+
+class ModelRunner:
+    """Model + KV pool + request table + (on CUDA) decode CUDA graphs."""
+
+    def __init__(self, model: LlamaForCausalLM, plan: MemoryPlan, use_cuda_graphs: bool) -> None:
+        config = model.config
+        param = next(model.parameters())
+        self.model = model
+        self.device = param.device
+        self.kv_pool = KVPool(
+            config.num_hidden_layers,
+            plan.num_slots,
+            config.num_key_value_heads,
+            head_dim_of(config),
+            param.dtype,
+            self.device,
+        )
+        self.req_pool = ReqToTokenPool(plan.max_running + 1, plan.max_context, self.device)
+        self.padding_row = self.req_pool.alloc()  # padded graph entries read slot 0 through it
+        self.attention = AttentionBackend(self.kv_pool, self.req_pool.req_to_token)
+        self.graphs: DecodeGraphs | None = None
+        if use_cuda_graphs:
+            self.graphs = DecodeGraphs(self, plan.max_running)
+
+    @torch.inference_mode()
+    def forward(self, batch: ScheduledBatch) -> torch.Tensor:
+        """fp32 next-token logits for the sequences of ``batch`` that sample this step."""
+        forward_batch = self.prepare(batch)
+        if self.graphs is not None and forward_batch.mode is ForwardMode.DECODE:
+            return self.graphs.replay(forward_batch)
+        return self.model(forward_batch, self.attention)
+
+    def prepare(self, batch: ScheduledBatch) -> ForwardBatch:
+        """Flatten the batch's new tokens and per-request metadata into device tensors."""
+        input_ids: list[int] = []
+        positions: list[int] = []
+        seq_lens, q_start, logits_indices = [], [], []
+        for index, (seq, count) in enumerate(zip(batch.sequences, batch.num_new_tokens, strict=True)):
+            start = seq.num_cached
+            q_start.append(len(input_ids))
+            input_ids.extend(seq.token_ids[start : start + count])
+            positions.extend(range(start, start + count))
+            seq_lens.append(start + count)
+            if batch.samples(index):
+                logits_indices.append(len(input_ids) - 1)
+        pool_rows = [seq.req_pool_idx for seq in batch.sequences]
+        fields: list[list] = [
+            input_ids,
+            positions,
+            pool_rows,
+            seq_lens,
+            batch.num_new_tokens,
+            q_start,
+            logits_indices,
+        ]
+        # One host -> device copy for all fields (small copies each cost a launch and a sync).
+        packed = torch.tensor([v for values in fields for v in values], dtype=torch.int64)
+        parts = packed.to(self.device, non_blocking=False).split([len(values) for values in fields])
+        ids, pos, rows, lens, extend, starts, logits_rows = parts
+        return ForwardBatch(
+            mode=ForwardMode.DECODE if batch.is_decode else ForwardMode.EXTEND,
+            input_ids=ids,
+            positions=pos,
+            out_cache_loc=batch.out_cache_loc,
+            req_pool_indices=rows,
+            seq_lens=lens,
+            extend_lens=extend,
+            q_start=starts,
+            logits_indices=logits_rows,
+        )
+
+
+def graph_buckets(max_batch: int) -> list[int]:
+    """Batch sizes with a captured decode graph: 1, 2, 4, 8, then every 8 (16 past 64, 32 past 256)."""
+    sizes = [1, 2, 4, 8]
+    while sizes[-1] < max_batch:
+        last = sizes[-1]
+        sizes.append(last + (8 if last < 64 else 16 if last < 256 else 32))
+    return [s for s in sizes if s < max_batch] + [max_batch]
+
+
+class DecodeGraphs:
+    """CUDA graphs of the decode forward, one per bucket, sharing static input buffers.
+
+    A batch of ``n`` requests runs in the smallest bucket ``>= n``; padding entries use the
+    runner's padding request row and slot 0, so they touch no real request's KV.
+    """
+
+    def __init__(self, runner: ModelRunner, max_batch: int) -> None:
+        self.runner = runner
+        self.buckets = graph_buckets(max_batch)
+        size, device = self.buckets[-1], runner.device
+        self.input_ids = torch.zeros(size, dtype=torch.int64, device=device)
+        self.positions = torch.zeros(size, dtype=torch.int64, device=device)
+        self.out_cache_loc = torch.full((size,), PADDING_SLOT, dtype=torch.int64, device=device)
+        self.req_pool_indices = torch.full((size,), runner.padding_row, dtype=torch.int64, device=device)
+        self.seq_lens = torch.ones(size, dtype=torch.int64, device=device)
+        self.extend_lens = torch.ones(size, dtype=torch.int64, device=device)
+        self.q_start = torch.arange(size, dtype=torch.int64, device=device)
+        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self.outputs: dict[int, torch.Tensor] = {}
+        self._capture_all()
+
+    def _static_batch(self, size: int) -> ForwardBatch:
+        return ForwardBatch(
+            mode=ForwardMode.DECODE,
+            input_ids=self.input_ids[:size],
+            positions=self.positions[:size],
+            out_cache_loc=self.out_cache_loc[:size],
+            req_pool_indices=self.req_pool_indices[:size],
+            seq_lens=self.seq_lens[:size],
+            extend_lens=self.extend_lens[:size],
+            q_start=self.q_start[:size],
+            logits_indices=self.q_start[:size],
+        )
+
+    @torch.inference_mode()
+    def _capture_all(self) -> None:
+        pool = torch.cuda.graph_pool_handle()
+        model, attention = self.runner.model, self.runner.attention
+        stream = torch.cuda.Stream()
+        for size in reversed(self.buckets):  # largest first so smaller ones reuse its memory
+            batch = self._static_batch(size)
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                for _ in range(2):
+                    model(batch, attention)
+            torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=pool):
+                self.outputs[size] = model(batch, attention)
+            self.graphs[size] = graph
+        torch.cuda.synchronize()
+        logger.info("captured decode CUDA graphs for batch sizes %s", self.buckets)
+
+    def replay(self, batch: ForwardBatch) -> torch.Tensor:
+        """Copy ``batch`` into the static buffers, pad, replay the bucket's graph."""
+        count = batch.input_ids.shape[0]
+        size = next(b for b in self.buckets if b >= count)
+        self.input_ids[:count].copy_(batch.input_ids)
+        self.positions[:count].copy_(batch.positions)
+        self.out_cache_loc[:count].copy_(batch.out_cache_loc)
+        self.req_pool_indices[:count].copy_(batch.req_pool_indices)
+        self.seq_lens[:count].copy_(batch.seq_lens)
+        if size > count:
+            self.input_ids[count:size].zero_()
+            self.positions[count:size].zero_()
+            self.out_cache_loc[count:size].fill_(PADDING_SLOT)
+            self.req_pool_indices[count:size].fill_(self.runner.padding_row)
+            self.seq_lens[count:size].fill_(1)
+        self.graphs[size].replay()
+        return self.outputs[size][:count]
