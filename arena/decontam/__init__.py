@@ -1,0 +1,1 @@
+"""arena-decontam: staged detection of benchmark items leaked into training corpora (see README.md)."""
