@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
 
-from arena.config import REPO_ROOT
 from arena.decontam.pipeline import JudgeSettings, ScanOptions, run_scan
 from arena.decontam.report import shared_spans
 from arena.decontam.scanner import StageConfig
 from tests.decontam.fake_judge import FakeJudgeServer
 from tests.decontam.helpers import read_texts, write_jsonl
-
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--no-first-run", "--disable-sync"]
 
 
 def test_shared_spans_mark_the_common_word_runs():
@@ -25,10 +19,9 @@ def test_shared_spans_mark_the_common_word_runs():
 
 
 @pytest.mark.browser
-def test_report_renders_in_chromium_and_is_screenshotted(data_dir: Path, tmp_path: Path):
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} is not installed")
-    playwright_api = pytest.importorskip("playwright.sync_api")
+def test_report_renders_in_chromium_and_is_screenshotted(
+    request: pytest.FixtureRequest, data_dir: Path, tmp_path: Path, artifacts_dir: Path
+) -> None:
     questions = read_texts(data_dir / "benchmarks/gsm8k/test.jsonl", 20, field="question")
     corpus = [
         {"text": "Worksheet 3.\n" + questions[2] + "\nShow all steps."},
@@ -44,20 +37,15 @@ def test_report_renders_in_chromium_and_is_screenshotted(data_dir: Path, tmp_pat
         result = run_scan(options)
     assert result.summary["contaminated_items"] == 2
 
-    with playwright_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 1000})
-            page.goto((tmp_path / "report" / "report.html").as_uri())
-            assert page.title() == "Contamination report"
-            assert "2 of 20 benchmark items contaminated" in page.locator(".headline").inner_text()
-            assert page.locator("section.match.contaminated").count() == 2
-            assert page.locator("section.match.contaminated mark").count() >= 2
-            screenshot = tmp_path / "decontam_report.png"
-            page.screenshot(path=str(screenshot), full_page=True)
-        finally:
-            browser.close()
+    # Only now: sync Playwright keeps an event loop running, and the scan above uses asyncio.run.
+    browser = request.getfixturevalue("browser")
+    page = browser.new_page(viewport={"width": 1280, "height": 1000})
+    page.goto((tmp_path / "report" / "report.html").as_uri())
+    assert page.title() == "Contamination report"
+    assert "2 of 20 benchmark items contaminated" in page.locator(".headline").inner_text()
+    assert page.locator("section.match.contaminated").count() == 2
+    assert page.locator("section.match.contaminated mark").count() >= 2
+    screenshot = artifacts_dir / "decontam_report.png"
+    page.screenshot(path=str(screenshot), full_page=True)
+    page.close()
     assert screenshot.stat().st_size > 10_000
-    results = REPO_ROOT / "benchmarks" / "results"
-    results.mkdir(parents=True, exist_ok=True)
-    shutil.copy(screenshot, results / "decontam_report.png")

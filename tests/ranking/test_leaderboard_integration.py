@@ -53,20 +53,24 @@ def test_active_sampler_draws_valid_pairs_and_caches_its_plan(db_sessions):
         make_pair_sampler("active")
 
 
-async def test_refresher_stores_snapshots_on_schedule(db_sessions):
-    seed_votes(db_sessions, 40, seed=9)
-    refresher = LeaderboardRefresher(db_sessions, interval_s=0.05)
+async def test_refresher_stores_snapshots_on_schedule(tmp_path: Path):
+    # Its own database: the refresher works from a thread, with its own connections.
+    url = f"sqlite:///{tmp_path / 'refresher.db'}"
+    migrate(url)
+    sessions = session_factory(get_engine(url))
+    seed_votes(sessions, 40, seed=9)
+    refresher = LeaderboardRefresher(sessions, interval_s=0.05)
     refresher.options.rounds = 10
     refresher.start()
     try:
         for _ in range(600):
             await asyncio.sleep(0.05)
-            with db_sessions() as session:
+            with sessions() as session:
                 if not latest_view(session).empty:
                     break
     finally:
         await refresher.stop()
-    with db_sessions() as session:
+    with sessions() as session:
         assert latest_view(session).vote_count == 40
 
 

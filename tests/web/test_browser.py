@@ -7,7 +7,6 @@ served by ``python -m serving``, votes, sees the reveal, and the vote is in the 
 from __future__ import annotations
 
 import re
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,21 +19,7 @@ from arena.db.session import get_engine, session_factory
 from arena.web.app import create_app
 from tests.servers import DEMO_MODELS, build_demo_models, demo_model_server, registry_toml, serve_app
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium is not installed (apt-get install chromium)"),
-]
+pytestmark = pytest.mark.browser
 
 
 @pytest.fixture(scope="session")
@@ -42,16 +27,6 @@ def demo_models_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     models_dir = build_demo_models(REPO_ROOT / "data" / "demo_models")
     with demo_model_server(models_dir) as url:
         yield url
-
-
-@pytest.fixture(scope="session")
-def browser():  # type: ignore[no-untyped-def]
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import io
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,10 +21,6 @@ from arena.web.app import create_app
 from tests.conftest import migrate
 from tests.ranking.seed import TRUE_RATINGS, seed_votes
 from tests.servers import serve_app
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
-needs_chromium = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium is not installed")
 
 
 def _serve(tmp_path: Path, with_votes: bool) -> Iterator[str]:
@@ -87,18 +82,7 @@ def test_empty_state_over_http(empty_url: str):
     assert httpx.get(f"{empty_url}/api/v1/leaderboard").json()["rows"] == []
 
 
-@pytest.fixture(scope="module")
-def browser():  # type: ignore[no-untyped-def]
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
-
 @pytest.mark.browser
-@needs_chromium
 def test_page_in_browser_shows_table_plots_and_switches(browser, voted_url: str, artifacts_dir: Path):  # type: ignore[no-untyped-def]
     from playwright.sync_api import expect
 
@@ -125,7 +109,6 @@ def test_page_in_browser_shows_table_plots_and_switches(browser, voted_url: str,
 
 
 @pytest.mark.browser
-@needs_chromium
 def test_gradio_tab_and_empty_page_in_browser(browser, voted_url: str, empty_url: str, artifacts_dir: Path):  # type: ignore[no-untyped-def]
     from playwright.sync_api import expect
 
