@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -475,16 +475,19 @@ class ArenaService:
         session = self.sessions()
         try:
             with session.begin():
-                battle = self._owned_battle(session, battle_id, visitor_id)
-                existing = session.scalar(select(Vote).where(Vote.battle_id == battle_id))
-                if existing is not None:
-                    return _repeat_outcome(battle, existing, choice)
-                if battle.status != BattleStatus.READY:
-                    raise ConflictError(_status_message(battle.status))
-                session.add(Vote(battle_id=battle_id, choice=choice, turn_count=battle.turn_count,
-                                 visitor_id=visitor_id))
-                battle.status = BattleStatus.VOTED
-                outcome = VoteOutcome(battle_id, choice, battle.model_a, battle.model_b, duplicate=False)
+                # Fast path, two statements: claim the finished battle, then write the vote.
+                claimed = session.execute(
+                    update(Battle)
+                    .where(Battle.id == battle_id, Battle.visitor_id == visitor_id,
+                           Battle.status == BattleStatus.READY)
+                    .values(status=BattleStatus.VOTED, updated_at=datetime.now(UTC))
+                    .returning(Battle.model_a, Battle.model_b, Battle.turn_count)
+                ).first()
+                if claimed is None:
+                    return self._repeated_or_refused_vote(session, battle_id, visitor_id, choice)
+                session.execute(insert(Vote).values(battle_id=battle_id, choice=choice,
+                                                    turn_count=claimed.turn_count, visitor_id=visitor_id))
+                outcome = VoteOutcome(battle_id, choice, claimed.model_a, claimed.model_b, duplicate=False)
         except IntegrityError:
             # Another request (double click, retry, second tab) recorded the vote first.
             session.rollback()
@@ -494,6 +497,14 @@ class ArenaService:
         finally:
             session.close()
         return outcome
+
+    def _repeated_or_refused_vote(self, session: Session, battle_id: str, visitor_id: str, choice: str) -> VoteOutcome:
+        """Why a battle could not be claimed: an earlier identical vote (fine), or a refusal."""
+        battle = self._owned_battle(session, battle_id, visitor_id)
+        existing = session.scalar(select(Vote).where(Vote.battle_id == battle_id))
+        if existing is not None:
+            return _repeat_outcome(battle, existing, choice)
+        raise ConflictError(_status_message(battle.status))
 
     # -- reading -------------------------------------------------------------------------------
 

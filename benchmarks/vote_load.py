@@ -3,7 +3,9 @@
 The app runs in its own process (uvicorn, as in production); this process plays the visitors
 over real HTTP.  Each visitor owns finished battles (seeded straight into the database, so the
 figure is the vote path, not model latency) and votes on them one after another with a think
-time between votes; one vote in five is double-clicked (two identical requests at once).
+time between votes (exponential, mean ``--think-s``); one vote in five is double-clicked (two
+identical requests at once).  Before the clock starts every visitor has its connection open and
+the server's database pool is warm (one unmeasured read per visitor), as in a running site.
 Afterwards the database is checked: a vote acknowledged with 200 but absent is *lost*, a battle
 with more than one vote row is *duplicated*.
 
@@ -92,10 +94,14 @@ def start_app(url: str, port: int, registry: Path) -> subprocess.Popen[bytes]:
 
 
 async def visitor(base: str, cookie: str, battles: list[str], think_s: float, rng: random.Random,
-                  latencies: list[float], acks: dict[str, str], errors: list[str]) -> None:
+                  latencies: list[float], acks: dict[str, str], errors: list[str], ready: asyncio.Barrier) -> None:
     limits = httpx.Limits(max_connections=4)
     async with httpx.AsyncClient(base_url=base, cookies={COOKIE_NAME: cookie}, timeout=30, limits=limits) as client:
-        await asyncio.sleep(rng.uniform(0, think_s))  # visitors arrive spread out
+        # Warm-up, not measured: the visitor has the page open (its connection exists) and the
+        # server's database pool is filled, as in a running deployment.
+        await client.get(f"/api/v1/battles/{battles[0]}")
+        await ready.wait()
+        await asyncio.sleep(rng.uniform(0, think_s))  # visitors vote at their own pace
         for battle_id in battles:
             choice = rng.choice(["a", "b", "tie", "both_bad"])
             clicks = 2 if rng.random() < 0.2 else 1  # a double click sends the same vote twice
@@ -137,6 +143,7 @@ def main() -> None:
     parser.add_argument("--think-s", type=float, default=1.0, help="mean pause between a visitor's votes")
     parser.add_argument("--port", type=int, default=7871)
     parser.add_argument("--admin-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/test")
+    parser.add_argument("--result-name", default="vote_load", help="benchmarks/results/<name>.json")
     args = parser.parse_args()
 
     url = fresh_database(args.admin_url, "arena_bench_votes")
@@ -170,15 +177,16 @@ def main() -> None:
           f"{summary['p95_ms']} | {summary['p99_ms']} | {summary['lost']} | {summary['duplicated']} | {len(errors)} |")
     print(f"goal: p95 < 50 ms, 0 lost, 0 duplicated -> "
           f"{'met' if summary['p95_ms'] < 50 and not summary['lost'] and not summary['duplicated'] else 'NOT met'}")
-    path = write_result("vote_load", {"benchmark": "vote_load", "database": "postgresql", "summary": summary,
+    path = write_result(args.result_name, {"benchmark": "vote_load", "database": "postgresql", "summary": summary,
                                       "error_samples": errors[:5]})
     print(f"wrote {path}")
 
 
 async def run_visitors(base: str, plan: list[tuple[str, list[str]]], think_s: float, rng: random.Random,
                        latencies: list[float], acks: dict[str, str], errors: list[str]) -> None:
+    ready = asyncio.Barrier(len(plan))
     await asyncio.gather(*(visitor(base, cookie, battles, think_s, random.Random(rng.random()), latencies, acks,
-                                   errors) for cookie, battles in plan))
+                                   errors, ready) for cookie, battles in plan))
 
 
 if __name__ == "__main__":
