@@ -391,6 +391,8 @@ class LeaderboardView:
 
     def as_frame(self) -> pd.DataFrame:
         columns = ["rank", "model", "rating", "ci_lower", "ci_upper", "votes", "organization", "license"]
+        if any("mt_bench" in row for row in self.rows):
+            columns.insert(6, "mt_bench")
         return pd.DataFrame(self.rows, columns=columns)
 
 

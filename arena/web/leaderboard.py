@@ -24,6 +24,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from sqlalchemy.orm import Session, sessionmaker
 
 from arena.config import Settings
+from arena.judge import mt_bench_scores
 from arena.leaderboard import OVERALL, LeaderboardOptions, LeaderboardView, compute_leaderboards, latest_view
 
 logger = logging.getLogger(__name__)
@@ -42,8 +43,13 @@ def _sessions(request: Request) -> sessionmaker[Session]:
 
 
 def read_view(sessions: sessionmaker[Session], category: str, style_control: bool) -> LeaderboardView:
+    """The newest snapshot, with each model's MT-bench score (``arena-judge``) where one exists."""
     with sessions() as session:
-        return latest_view(session, category, style_control)
+        view = latest_view(session, category, style_control)
+    scores = mt_bench_scores()
+    if scores:
+        view.rows = [{**row, "mt_bench": scores.get(row["model"])} for row in view.rows]
+    return view
 
 
 # ----------------------------------------------------------------------------- figures
@@ -158,18 +164,25 @@ def _meta(view: LeaderboardView) -> str:
 
 
 def _table(view: LeaderboardView) -> str:
-    head = "".join(f"<th>{h}</th>" for h in
-                   ("Rank", "Model", "Rating", "95% CI", "Votes", "Organization", "License"))
+    with_mt_bench = any("mt_bench" in r for r in view.rows)
+    headers = ["Rank", "Model", "Rating", "95% CI", "Votes", *(["MT-bench"] if with_mt_bench else []),
+               "Organization", "License"]
+    head = "".join(f"<th>{h}</th>" for h in headers)
     body = "".join(
         "<tr>"
         f'<td class="num">{r["rank"]}</td><td>{html.escape(r["model"])}</td>'
         f'<td class="num">{r["rating"]:.0f}</td>'
         f'<td class="num">+{r["ci_upper"] - r["rating"]:.0f} / -{r["rating"] - r["ci_lower"]:.0f}</td>'
-        f'<td class="num">{r["votes"]}</td><td>{html.escape(r["organization"])}</td>'
-        f'<td>{html.escape(r["license"])}</td></tr>'
+        f'<td class="num">{r["votes"]}</td>'
+        + (f'<td class="num mt-bench">{_score(r.get("mt_bench"))}</td>' if with_mt_bench else "")
+        + f'<td>{html.escape(r["organization"])}</td><td>{html.escape(r["license"])}</td></tr>'
         for r in view.rows
     )
     return f'<table id="leaderboard-table"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def _score(score: float | None) -> str:
+    return "–" if score is None else f"{score:.2f}"
 
 
 def _empty_state(view: LeaderboardView) -> str:
@@ -198,7 +211,9 @@ def render_page(view: LeaderboardView) -> str:
         f"<title>Arena {title}</title><style>{PAGE_CSS}</style></head><body>"
         f'<p><a href="/">← Arena</a></p><h1>🏆 Arena {title}</h1>'
         "<p>Bradley-Terry ratings from anonymous pairwise votes, with 95% bootstrap intervals. "
-        "A model's rank is 1 + the number of models that are better with confidence.</p>"
+        "A model's rank is 1 + the number of models that are better with confidence. "
+        "MT-bench: the average 1-10 grade from the newest single-answer run of "
+        "<code>arena-judge mt-bench</code>, when there is one.</p>"
         f"{_controls(view)}{_meta(view)}{content}</body></html>"
     )
 

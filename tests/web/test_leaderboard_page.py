@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -124,3 +125,21 @@ def test_gradio_tab_and_empty_page_in_browser(browser, voted_url: str, empty_url
     expect(table).to_contain_text("alpha-70b", timeout=30_000)
     expect(page.locator("#gr-leaderboard-note")).to_contain_text("145 votes")
     page.close()
+
+
+def test_mt_bench_column_appears_once_a_judge_run_exists(
+    voted_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ARENA_MT_BENCH_DIR", str(tmp_path))  # no arena-judge run yet
+    assert "<th>MT-bench</th>" not in httpx.get(f"{voted_url}/leaderboard").text
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "single__gpt-4o.json").write_text(
+        json.dumps({"models": {"alpha-70b": {"score": 8.25}, "beta-8b": {"score": None}}})
+    )
+    page = httpx.get(f"{voted_url}/leaderboard").text
+    assert "<th>MT-bench</th>" in page and ">8.25</td>" in page
+    rows = {r["model"]: r for r in httpx.get(f"{voted_url}/api/v1/leaderboard").json()["rows"]}
+    assert rows["alpha-70b"]["mt_bench"] == 8.25 and rows["beta-8b"]["mt_bench"] is None
+    csv_rows = list(csv.DictReader(io.StringIO(
+        httpx.get(f"{voted_url}/api/v1/leaderboard", params={"format": "csv"}).text)))
+    assert {r["model"]: r["mt_bench"] for r in csv_rows}["alpha-70b"] == "8.25"
