@@ -161,7 +161,7 @@ def _render_turn(view: BattleView, prompt: str, update: TurnUpdate, battle_id: s
     for side in ("a", "b"):
         history: list[Any] = [dict(m) for m in view.messages.get(side, [])]
         state = update.sides[side]
-        answer = state.text or ("" if not state.error else "")
+        answer = state.text
         if state.error:
             answer = (answer + "\n\n" if answer else "") + f"⚠️ **Error:** {state.error}"
         history += [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer or "…"}]
