@@ -13,9 +13,6 @@ Goal: >= 30% fewer votes than uniform. Writes benchmarks/results/active_sampling
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
-import platform
 import sys
 from pathlib import Path
 
@@ -27,6 +24,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from arena.ranking.sampling import simulate_policy, votes_to_reach  # noqa: E402
 from arena.ranking.simulate import true_ratings  # noqa: E402
+from benchmarks.common import write_result  # noqa: E402
 
 POLICIES = ("uniform", "paper", "active")
 
@@ -67,15 +65,12 @@ def main() -> None:
     print(summary.round(3).to_string())
     payload = {
         "benchmark": "active_sampling",
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "processor": platform.processor()},
-        "versions": {"python": platform.python_version(), "numpy": np.__version__, "pandas": pd.__version__},
         "setup": vars(args),
         "summary": summary.reset_index().to_dict(orient="records"),
         "runs": rows.astype(object).where(rows.notna(), None).to_dict(orient="records"),
     }
-    Path(args.output).write_text(json.dumps(payload, indent=2))
-    print(f"wrote {args.output}")
+    path = write_result("active_sampling", payload, packages=("numpy", "pandas"), path=Path(args.output))
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

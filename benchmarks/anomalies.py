@@ -12,9 +12,6 @@ Goal: >= 90% caught at <= 1% false positives. Writes benchmarks/results/anomalie
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
-import platform
 import sys
 from pathlib import Path
 
@@ -26,13 +23,14 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from arena.ranking.anomalies import ADVERSARY_KINDS, detection_rates, simulate_voters  # noqa: E402
 from arena.ranking.simulate import true_ratings  # noqa: E402
+from benchmarks.common import write_result  # noqa: E402
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", type=int, default=30)
     parser.add_argument("--honest", type=int, default=3000)
-    parser.add_argument("--adversaries", type=int, default=60, help="per run (2% of visitors)")
+    parser.add_argument("--adversaries", type=int, default=60, help="per run (2%% of visitors)")
     parser.add_argument("--alpha", type=float, default=0.01)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--output", default=str(REPO_ROOT / "benchmarks" / "results" / "anomalies.json"))
@@ -51,15 +49,12 @@ def main() -> None:
     print(table.round(3).to_string(index=False))
     payload = {
         "benchmark": "anomalies",
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "processor": platform.processor()},
-        "versions": {"python": platform.python_version(), "numpy": np.__version__, "pandas": pd.__version__},
         "setup": vars(args),
         "summary": table.to_dict(orient="records"),
         "runs": rows,
     }
-    Path(args.output).write_text(json.dumps(payload, indent=2))
-    print(f"wrote {args.output}")
+    path = write_result("anomalies", payload, packages=("numpy", "pandas"), path=Path(args.output))
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -24,12 +24,10 @@ from __future__ import annotations
 
 import argparse
 import csv
-import datetime as dt
 import gzip
 import json
 import logging
 import os
-import platform
 import random
 import sys
 import tempfile
@@ -46,6 +44,7 @@ sys.path.insert(0, str(REPO_ROOT))
 from arena.decontam.embedding import Embedder  # noqa: E402
 from arena.decontam.pipeline import JudgeSettings, Match, ScanOptions, run_scan  # noqa: E402
 from arena.decontam.scanner import StageConfig  # noqa: E402
+from benchmarks.common import machine_info, write_result  # noqa: E402
 from tests.decontam.fake_judge import FakeJudgeServer  # noqa: E402
 
 logger = logging.getLogger("benchmarks.decontam")
@@ -406,17 +405,19 @@ def cheap_stage_throughput(scenario: dict[str, Any], work: Path) -> dict[str, An
 # --------------------------------------------------------------------------------------------- main
 
 
+VERSIONED_PACKAGES = ("torch", "sentence-transformers", "faiss-cpu", "datasketch")
+
+
 def machine() -> dict[str, Any]:
-    import datasketch
-    import faiss
-    import sentence_transformers
+    """The common machine info plus load and torch threads; the flat version keys are those older results use."""
     import torch
 
-    return {
-        "platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
-        "load_average_at_start": os.getloadavg(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-        "sentence_transformers": sentence_transformers.__version__, "faiss": faiss.__version__,
-        "datasketch": datasketch.__version__, "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    info = machine_info(VERSIONED_PACKAGES)
+    versions = info["packages"]
+    return info | {
+        "load_average_at_start": os.getloadavg(), "torch_threads": torch.get_num_threads(),
+        "torch": versions.get("torch"), "sentence_transformers": versions.get("sentence-transformers"),
+        "faiss": versions.get("faiss-cpu"), "datasketch": versions.get("datasketch"),
     }
 
 
@@ -516,8 +517,7 @@ def main() -> None:
     results["embedding_texts_per_s"] = round(embedder.texts / embedder.seconds, 1) if embedder.seconds else None
     results["total_seconds"] = round(time.perf_counter() - started, 1)
     results["machine"]["load_average_at_end"] = os.getloadavg()
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "decontam.json").write_text(json.dumps(results, indent=2, ensure_ascii=False, default=str))
+    write_result("decontam", results, packages=VERSIONED_PACKAGES, path=args.out / "decontam.json")
     table = markdown(results)
     (args.out / "decontam.md").write_text(table)
     print(table)

@@ -25,7 +25,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import random
 import resource
 import shutil
@@ -40,6 +39,8 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from sqlalchemy import create_engine, text  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
+
+from benchmarks.common import write_result  # noqa: E402
 
 PG_ADMIN_URL = os.environ.get("ARENA_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 BENCH_DB = "arena_export_bench"
@@ -328,11 +329,7 @@ RUNS = {
 }
 
 
-def versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    names = ["sqlalchemy", "psycopg", "pyarrow", "lingua-language-detector", "datasketch", "numpy", "orjson"]
-    return {name: md.version(name) for name in names}
+VERSIONED_PACKAGES = ("sqlalchemy", "psycopg", "pyarrow", "lingua-language-detector", "datasketch", "numpy", "orjson")
 
 
 def main() -> None:
@@ -376,23 +373,16 @@ def main() -> None:
     print(table)
     report = {
         "benchmark": "arena export conversations, end to end from PostgreSQL",
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
             "load_average_before": load_avg,
             "note": "2 CPU cores shared with other engineers' jobs while this ran",
         },
-        "versions": versions(),
         "conversations": args.conversations,
         "workers": args.workers,
         "goal_conversations_per_s": 10_000,
         "runs": results,
     }
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.write_text(json.dumps(report, indent=2) + "\n")
+    write_result("export", report, packages=VERSIONED_PACKAGES, path=args.results)
     args.results.with_suffix(".txt").write_text(table + "\n")
     print(f"wrote {args.results}")
 

@@ -19,10 +19,8 @@ is its own. Prints a table and writes benchmarks/results/leaderboard.json.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -39,6 +37,7 @@ sys.path.insert(0, str(REPO_ROOT))
 from arena.ranking import bootstrap_bt, fit_bt, pair_counts, pair_counts_from_grouped  # noqa: E402
 from arena.ranking.simulate import simulate_style_battles, true_ratings  # noqa: E402
 from arena.ranking.style import bootstrap_style_bt  # noqa: E402
+from benchmarks.common import write_result  # noqa: E402
 from tests.ranking import fastchat_reference as ref  # noqa: E402
 
 PG_DSN = os.environ.get("BENCH_PG_DSN", "host=127.0.0.1 port=5432 dbname=test user=postgres")
@@ -144,13 +143,6 @@ def spawn(variant: str, data: Path, rounds: int, workdir: Path) -> dict:
     return json.loads(out.read_text())
 
 
-def versions() -> dict:
-    import scipy
-
-    return {"python": platform.python_version(), "numpy": np.__version__, "pandas": pd.__version__,
-            "scipy": scipy.__version__}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--battles", type=int, default=1_000_000)
@@ -237,10 +229,6 @@ def report(results: dict, args: argparse.Namespace) -> None:
     print(table.to_string(index=False))
     payload = {
         "benchmark": "leaderboard",
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                    "cpus_available": len(os.sched_getaffinity(0))},
-        "versions": versions(),
         "setup": {"battles": args.battles, "models": args.models, "bootstrap_rounds": args.rounds,
                   "reference_processes": 2, "postgres": "ours_bt_postgres" in results},
         "results": rows,
@@ -248,8 +236,8 @@ def report(results: dict, args: argparse.Namespace) -> None:
         "note": "CI-bound gaps compare different random resamples (ours vs the reference's own draws); "
                 "solver parity on identical resamples is tested in tests/ranking/test_fastchat_parity.py.",
     }
-    Path(args.output).write_text(json.dumps(payload, indent=2))
-    print(f"wrote {args.output}")
+    path = write_result("leaderboard", payload, packages=("numpy", "pandas", "scipy"), path=Path(args.output))
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -276,6 +276,7 @@ def elementwise_rows(bandwidth: float) -> list[dict]:
     return rows
 
 
+# Self-contained on purpose, not benchmarks/common.py: this runs on the GPU machine, whose Python lacks some packages.
 def machine_info() -> dict:
     """The machine, versions and date the numbers belong to."""
     import triton

@@ -339,6 +339,7 @@ def measure(results: list, name: str, batch: int, deadline: Deadline, minimum_s:
     save()
 
 
+# Self-contained on purpose, not benchmarks/common.py: this runs on the GPU machine, whose Python lacks some packages.
 def machine_info(device: str) -> dict:
     info = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),

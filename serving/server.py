@@ -151,6 +151,18 @@ def _usage(prompt_tokens: int, completion_tokens: int) -> dict:
     }
 
 
+def _envelope(request: GenerationRequest, object_name: str, created: int, model: str, choices: list[dict]) -> dict:
+    """The fields every response body and stream chunk of both endpoints shares."""
+    return {"id": request.request_id, "object": object_name, "created": created, "model": model, "choices": choices}
+
+
+def _completion_response(object_name: str, request: GenerationRequest, model: str, choice: dict,
+                         result: Collected) -> dict:
+    """The non-streaming response body: one choice plus token usage."""
+    usage = _usage(result.num_prompt_tokens, result.num_output_tokens)
+    return _envelope(request, object_name, int(time.time()), model, [choice]) | {"usage": usage}
+
+
 async def _collect(engine: AsyncEngine, request: GenerationRequest, http_request: Request) -> Collected:
     """Run a request to the end; abort it if the client disconnects first."""
     collected = Collected()
@@ -260,14 +272,7 @@ def create_app(engines: dict[str, AsyncEngine]) -> FastAPI:
             "logprobs": _chat_logprobs(engine, result.logprobs) if logprobs is not None else None,
             "finish_reason": result.finish_reason,
         }
-        return {
-            "id": request.request_id,
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": body.model,
-            "choices": [choice],
-            "usage": _usage(result.num_prompt_tokens, result.num_output_tokens),
-        }
+        return _completion_response("chat.completion", request, body.model, choice, result)
 
     @app.post("/v1/completions")
     async def completions(http_request: Request):
@@ -290,14 +295,7 @@ def create_app(engines: dict[str, AsyncEngine]) -> FastAPI:
             else None,
             "finish_reason": result.finish_reason,
         }
-        return {
-            "id": request.request_id,
-            "object": "text_completion",
-            "created": int(time.time()),
-            "model": body.model,
-            "choices": [choice],
-            "usage": _usage(result.num_prompt_tokens, result.num_output_tokens),
-        }
+        return _completion_response("text_completion", request, body.model, choice, result)
 
     return app
 
@@ -377,13 +375,7 @@ async def _stream_chat(
 
     def chunk(delta: dict, finish_reason: str | None = None, logprobs: dict | None = None) -> dict:
         choice = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
-        return {
-            "id": request.request_id,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": body.model,
-            "choices": [choice],
-        }
+        return _envelope(request, "chat.completion.chunk", created, body.model, [choice])
 
     yield _sse(chunk({"role": "assistant", "content": ""}))
     last: RequestOutput | None = None
@@ -414,13 +406,7 @@ async def _stream_completion(
 
     def chunk(text: str, finish_reason: str | None = None, logprobs: dict | None = None) -> dict:
         choice = {"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}
-        return {
-            "id": request.request_id,
-            "object": "text_completion",
-            "created": created,
-            "model": body.model,
-            "choices": [choice],
-        }
+        return _envelope(request, "text_completion", created, body.model, [choice])
 
     if prefix:
         yield _sse(chunk(prefix))

@@ -8,6 +8,8 @@ holds one batch at a time whatever the table sizes.
 
 from __future__ import annotations
 
+import itertools
+import operator
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -60,6 +62,30 @@ def _in_range(column: Any, filters: ExportFilters) -> list[Any]:
     return conditions
 
 
+def _grouped_rows(engine: Engine, query: Select) -> Iterator[tuple[str, list[Any]]]:
+    """``(id, rows)`` for each exported thing, streamed through a server-side cursor.
+
+    ``query`` must select that id first and order by it, so each thing's rows arrive together.
+    """
+    with engine.connect() as conn:
+        result = conn.execution_options(stream_results=True, yield_per=FETCH_ROWS).execute(query)
+        rows = itertools.chain.from_iterable(result.partitions())
+        for source_id, group in itertools.groupby(rows, key=operator.itemgetter(0)):
+            yield source_id, list(group)
+
+
+def _batched(units: Iterator[SourceUnit], batch_size: int) -> Iterator[list[SourceUnit]]:
+    """``units`` in lists of ``batch_size`` (the last one may be shorter)."""
+    batch: list[SourceUnit] = []
+    for unit in units:
+        batch.append(unit)
+        if len(batch) >= batch_size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
 class ConversationSource:
     """Conversations (direct chats and each side of a battle) with their messages."""
 
@@ -99,33 +125,13 @@ class ConversationSource:
 
     def batches(self, after_id: str | None, batch_size: int) -> Iterator[list[SourceUnit]]:
         """Conversations after ``after_id`` in id order, ``batch_size`` at a time."""
-        batch: list[SourceUnit] = []
-        current: SourceUnit | None = None
-        with self.engine.connect() as conn:
-            result = conn.execution_options(stream_results=True, yield_per=FETCH_ROWS).execute(
-                self._query(after_id)
-            )
-            for rows in result.partitions():
-                for conv_id, visitor_id, model, created_at, battle_id, role, content in rows:
-                    if current is None or current.source_id != conv_id:
-                        if current is not None:
-                            batch.append(current)
-                            if len(batch) >= batch_size:
-                                yield batch
-                                batch = []
-                        meta = {
-                            "visitor_id": visitor_id,
-                            "model": model,
-                            "created_at": created_at,
-                            "battle_id": battle_id,
-                        }
-                        current = SourceUnit(conv_id, [([], [])], meta)
-                    current.sides[0][0].append(role)
-                    current.sides[0][1].append(content)
-        if current is not None:
-            batch.append(current)
-        if batch:
-            yield batch
+        yield from _batched(self._units(after_id), batch_size)
+
+    def _units(self, after_id: str | None) -> Iterator[SourceUnit]:
+        for conv_id, rows in _grouped_rows(self.engine, self._query(after_id)):
+            _, visitor_id, model, created_at, battle_id, _, _ = rows[0]
+            meta = {"visitor_id": visitor_id, "model": model, "created_at": created_at, "battle_id": battle_id}
+            yield SourceUnit(conv_id, [([row[5] for row in rows], [row[6] for row in rows])], meta)
 
 
 class BattleSource:
@@ -185,52 +191,29 @@ class BattleSource:
         return query
 
     def batches(self, after_id: str | None, batch_size: int) -> Iterator[list[SourceUnit]]:
-        batch: list[SourceUnit] = []
-        current: SourceUnit | None = None
-        with self.engine.connect() as conn:
-            result = conn.execution_options(stream_results=True, yield_per=FETCH_ROWS).execute(
-                self._query(after_id)
-            )
-            for rows in result.partitions():
-                for row in rows:
-                    (
-                        battle_id,
-                        model_a,
-                        model_b,
-                        anonymous,
-                        tags,
-                        created_at,
-                        choice,
-                        voter,
-                        anomalous,
-                        side,
-                        role,
-                        content,
-                    ) = row
-                    if current is None or current.source_id != battle_id:
-                        if current is not None:
-                            batch.append(current)
-                            if len(batch) >= batch_size:
-                                yield self._with_flags(batch)
-                                batch = []
-                        meta = {
-                            "model_a": model_a,
-                            "model_b": model_b,
-                            "anonymous": bool(anonymous),
-                            "tags": tags,
-                            "created_at": created_at,
-                            "choice": choice,
-                            "visitor_id": voter,
-                            "anomalous_voter": bool(anomalous),
-                        }
-                        current = SourceUnit(battle_id, [([], []), ([], [])], meta)
-                    roles, contents = current.sides[0 if side == "a" else 1]
-                    roles.append(role)
-                    contents.append(content)
-        if current is not None:
-            batch.append(current)
-        if batch:
+        """Voted battles after ``after_id`` in id order, ``batch_size`` at a time, with their flags."""
+        for batch in _batched(self._units(after_id), batch_size):
             yield self._with_flags(batch)
+
+    def _units(self, after_id: str | None) -> Iterator[SourceUnit]:
+        for battle_id, rows in _grouped_rows(self.engine, self._query(after_id)):
+            _, model_a, model_b, anonymous, tags, created_at, choice, voter, anomalous, _, _, _ = rows[0]
+            meta = {
+                "model_a": model_a,
+                "model_b": model_b,
+                "anonymous": bool(anonymous),
+                "tags": tags,
+                "created_at": created_at,
+                "choice": choice,
+                "visitor_id": voter,
+                "anomalous_voter": bool(anomalous),
+            }
+            sides: list[Side] = [([], []), ([], [])]
+            for *_, side, role, content in rows:
+                roles, contents = sides[0 if side == "a" else 1]
+                roles.append(role)
+                contents.append(content)
+            yield SourceUnit(battle_id, sides, meta)
 
     def _with_flags(self, batch: list[SourceUnit]) -> list[SourceUnit]:
         """Attach each battle's flag kinds (one query per batch, on its own connection)."""
