@@ -215,6 +215,25 @@ class ArenaService:
         for client in clients:
             await client.close()
 
+    def fail_abandoned_streams(self, older_than_s: float | None = None) -> int:
+        """Mark battles stuck in 'streaming' (their server died mid-answer) as failed; return how many.
+
+        A live stream touches nothing until it ends, so only battles streaming for longer than
+        twice the model timeout are taken as abandoned; their prompts stay stored.
+        """
+        limit = older_than_s if older_than_s is not None else 2 * self.settings.request_timeout_s
+        cutoff = datetime.now(UTC) - timedelta(seconds=limit)
+        with self.sessions.begin() as session:
+            result = session.execute(
+                update(Battle)
+                .where(Battle.status == BattleStatus.STREAMING, Battle.updated_at < cutoff)
+                .values(status=BattleStatus.FAILED, updated_at=datetime.now(UTC))
+            )
+            count = int(result.rowcount or 0)  # type: ignore[attr-defined]
+        if count:
+            logger.warning("marked %d abandoned streaming battle(s) as failed", count)
+        return count
+
     def client(self, model_name: str) -> ChatClient:
         if model_name not in self._clients:
             self._clients[model_name] = self._client_factory(self.registry[model_name])

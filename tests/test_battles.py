@@ -292,3 +292,20 @@ async def test_leaving_mid_stream_stores_the_interrupted_turn(db_sessions, tmp_p
         assert stored.status == BattleStatus.FAILED
         answers = answers_of(session, battle.id)
         assert len(answers) == 2 and all(m.error == "the answer was interrupted" for m in answers)
+
+
+async def test_battles_abandoned_mid_stream_are_marked_failed(service: ArenaService, db_sessions) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    stuck = service.create_battle("visitor-17")
+    fresh = service.create_battle("visitor-17")
+    with db_sessions.begin() as session:  # a server died while these were streaming
+        session.get(Battle, stuck.id).status = BattleStatus.STREAMING
+        session.get(Battle, fresh.id).status = BattleStatus.STREAMING
+        session.flush()
+        session.get(Battle, stuck.id).updated_at = datetime.now(UTC) - timedelta(hours=1)
+    assert service.fail_abandoned_streams(older_than_s=600) == 1
+    assert service.get_battle(stuck.id, None).status == BattleStatus.FAILED
+    assert service.get_battle(fresh.id, None).status == BattleStatus.STREAMING  # may still be answering
+    with pytest.raises(ConflictError, match="failed"):
+        service.vote(stuck.id, "visitor-17", "a")

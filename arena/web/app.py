@@ -45,6 +45,7 @@ def create_app(settings: Settings | None = None, service: ArenaService | None = 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         service.sync_models()
+        service.fail_abandoned_streams()
         refresher = LeaderboardRefresher.from_settings(service.sessions, settings)
         refresher.start()
         yield
