@@ -106,7 +106,6 @@ def test_agreement_with_judge_and_humans(judged_args: list[str], arena_db: str) 
         "agreement", "--judge", "judge-x", "--mode", "pairwise-all", "--other-judge", "judge-fair",
         "--human", "--database-url", arena_db, *judged_args,
     )  # fmt: skip
-    print(output)
     report = json.loads(
         (out_dir_of(judged_args) / "results" / "pairwise-all__judge-x__agreement.json").read_text()
     )

@@ -60,8 +60,7 @@ def test_single_mode_full_run_then_cache(
     server: FakeOpenAI, answered_args: list[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     server.reset()
-    output = invoke("judge", "--judge", "judge-x", "--mode", "single", *answered_args)
-    print(output)  # the full run's table, kept in the test log
+    invoke("judge", "--judge", "judge-x", "--mode", "single", *answered_args)
     stem = out_dir_of(answered_args) / "results" / "single__judge-x"
     payload = json.loads(stem.with_suffix(".json").read_text())
     stats = payload["run"]["stats"]
@@ -116,8 +115,7 @@ def test_unparseable_retry_with_guided_choice(server: FakeOpenAI, answered_args:
 
 def test_pairwise_modes_share_the_cache(server: FakeOpenAI, answered_args: list[str]) -> None:
     server.reset()
-    output = invoke("judge", "--judge", "judge-x", "--mode", "pairwise-all", *answered_args)
-    print(output)
+    invoke("judge", "--judge", "judge-x", "--mode", "pairwise-all", *answered_args)
     results = out_dir_of(answered_args) / "results"
     summary = json.loads((results / "pairwise-all__judge-x.json").read_text())
     assert summary["run"]["stats"]["judge_calls"] == 3 * 2 * 32 == len(server.calls("judge"))
