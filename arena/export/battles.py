@@ -5,13 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import pyarrow as pa
-from sqlalchemy import Engine
 
 from arena.db import FlagKind, VoteChoice
 from arena.export.cleaning import CleanUnit
 from arena.export.conversations import MESSAGE, MODERATION, messages, moderation_entries
 from arena.export.pipeline import DatasetSpec, RowContext
-from arena.export.release import ExportFilters, coarsen
+from arena.export.release import coarsen
 from arena.export.source import BattleSource, SourceUnit, as_datetime
 
 WINNERS = {
@@ -111,15 +110,12 @@ def build_row(unit: SourceUnit, clean: CleanUnit, context: RowContext) -> dict[s
     }
 
 
-def _source(engine: Engine, filters: ExportFilters, models: list[str]) -> BattleSource:
-    return BattleSource(engine, filters, models)
-
 
 BATTLES = DatasetSpec(
     name="battles",
     title="Arena battles",
     schema=SCHEMA,
-    make_source=_source,
+    make_source=BattleSource,
     build_row=build_row,
     models_of_row=lambda row: [row["model_a"], row["model_b"]],
     field_docs=FIELD_DOCS,

@@ -5,11 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import pyarrow as pa
-from sqlalchemy import Engine
 
 from arena.export.cleaning import CleanUnit
 from arena.export.pipeline import DatasetSpec, RowContext
-from arena.export.release import ExportFilters, coarsen
+from arena.export.release import coarsen
 from arena.export.source import ConversationSource, SourceUnit, as_datetime
 
 MESSAGE = pa.struct(
@@ -72,15 +71,12 @@ def build_row(unit: SourceUnit, clean: CleanUnit, context: RowContext) -> dict[s
     }
 
 
-def _source(engine: Engine, filters: ExportFilters, models: list[str]) -> ConversationSource:
-    return ConversationSource(engine, filters, models)
-
 
 CONVERSATIONS = DatasetSpec(
     name="conversations",
     title="Arena conversations",
     schema=SCHEMA,
-    make_source=_source,
+    make_source=ConversationSource,
     build_row=build_row,
     models_of_row=lambda row: [row["model"]],
     field_docs=FIELD_DOCS,

@@ -22,6 +22,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig, Qwen3Config
 from serving.engine import Engine, EngineConfig
 from serving.sampling import SamplingParams
 from serving.sequence import GenerationRequest
+from tests.serving.staggered import engine_greedy
 
 pytestmark = [
     pytest.mark.gpu,
@@ -91,20 +92,6 @@ def make_engine(path, **overrides) -> Engine:
     return Engine(EngineConfig(str(path), **(settings | overrides)))
 
 
-def engine_greedy(engine: Engine, batch: list[list[int]]) -> list[list[int]]:
-    params = SamplingParams(temperature=0, max_tokens=COMPARED_TOKENS, ignore_eos=True)
-    outputs: dict[str, list[int]] = {str(i): [] for i in range(len(batch))}
-    step = 0
-    while step <= max(ARRIVAL_STEPS) or engine.has_work:
-        for index, arrival in enumerate(ARRIVAL_STEPS):
-            if arrival == step:
-                engine.add_request(GenerationRequest(str(index), batch[index], params))
-        for output in engine.step():
-            outputs[output.request_id].extend(output.new_token_ids)
-        step += 1
-    return [outputs[str(i)] for i in range(len(batch))]
-
-
 @torch.inference_mode()
 def transformers_greedy(model, batch: list[list[int]]) -> list[list[int]]:
     results = []
@@ -137,7 +124,7 @@ def test_bf16_greedy_tokens_match_transformers(checkpoints, family):
     batch = prompts(model.config.vocab_size)
     engine = make_engine(path)
     assert engine.runner.graphs is not None  # decode runs through CUDA graphs
-    ours, theirs = engine_greedy(engine, batch), transformers_greedy(model, batch)
+    ours, theirs = engine_greedy(engine, batch, ARRIVAL_STEPS, COMPARED_TOKENS), transformers_greedy(model, batch)
     reference_model = copy.deepcopy(model).float()
     reference = transformers_greedy(reference_model, batch)
     del reference_model

@@ -12,8 +12,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from serving.engine import Engine, EngineConfig
-from serving.sampling import SamplingParams
-from serving.sequence import GenerationRequest
+from tests.serving.staggered import engine_greedy
 
 NEW_TOKENS = 64
 PROMPT_LENGTHS = (3, 17, 45, 70)
@@ -40,27 +39,12 @@ def transformers_greedy(path, prompts: list[list[int]]) -> list[list[int]]:
     return outputs
 
 
-def engine_greedy(engine: Engine, prompts: list[list[int]]) -> list[list[int]]:
-    """Feed the prompts at their arrival steps and run until every request finishes."""
-    params = SamplingParams(temperature=0.0, max_tokens=NEW_TOKENS, ignore_eos=True)
-    outputs: dict[str, list[int]] = {str(i): [] for i in range(len(prompts))}
-    step = 0
-    while step <= max(ARRIVAL_STEPS) or engine.has_work:
-        for index, arrival in enumerate(ARRIVAL_STEPS):
-            if arrival == step:
-                engine.add_request(GenerationRequest(str(index), prompts[index], params))
-        for output in engine.step():
-            outputs[output.request_id].extend(output.new_token_ids)
-        step += 1
-    return [outputs[str(i)] for i in range(len(prompts))]
-
-
 @pytest.mark.parametrize("family", ["llama", "qwen3", "qwen2", "mistral"])
 def test_greedy_tokens_match_transformers(tiny_checkpoint, family):
     path = tiny_checkpoint(family)
     engine = Engine(EngineConfig(str(path), max_running=4, max_batch_tokens=32))
     prompts = random_prompts(len(engine.tokenizer))
-    ours = engine_greedy(engine, prompts)
+    ours = engine_greedy(engine, prompts, ARRIVAL_STEPS, NEW_TOKENS)
     assert ours == transformers_greedy(path, prompts)
     assert engine.runner.kv_pool.num_free == engine.runner.kv_pool.capacity  # no slot leaked
 
@@ -70,7 +54,7 @@ def test_preemption_and_recompute_keep_greedy_tokens(tiny_checkpoint):
     # 200 slots cannot hold the four requests' 4 * 64 new tokens + 135 prompt tokens at once.
     engine = Engine(EngineConfig(str(path), max_running=4, max_batch_tokens=32, kv_slots=200))
     prompts = random_prompts(len(engine.tokenizer), seed=1)
-    ours = engine_greedy(engine, prompts)
+    ours = engine_greedy(engine, prompts, ARRIVAL_STEPS, NEW_TOKENS)
     assert engine.scheduler.num_preemptions > 0
     assert ours == transformers_greedy(path, prompts)
     assert engine.runner.kv_pool.num_free == engine.runner.kv_pool.capacity
