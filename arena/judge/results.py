@@ -12,6 +12,7 @@ import os
 import re
 from collections import defaultdict
 from datetime import UTC, datetime
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -229,7 +230,13 @@ def mt_bench_scores(results_dir: str | Path | None = None, judge: str | None = N
         candidates = sorted(folder.glob(f"{Mode.SINGLE.value}__*.json"), key=lambda p: p.stat().st_mtime)[-1:]
     if not candidates or not candidates[0].is_file():
         return {}
-    payload = json.loads(candidates[0].read_text(encoding="utf-8"))
-    return {
-        model: float(row["score"]) for model, row in payload["models"].items() if row.get("score") is not None
-    }
+    return dict(_scores_in(str(candidates[0]), candidates[0].stat().st_mtime_ns))
+
+
+@lru_cache(maxsize=8)
+def _scores_in(path: str, mtime_ns: int) -> tuple[tuple[str, float], ...]:
+    """The scores of one result file, parsed once per version of it (pages ask on every request)."""
+    payload = json.loads(Path(path).read_text(encoding="utf-8"))
+    return tuple(
+        (model, float(row["score"])) for model, row in payload["models"].items() if row.get("score") is not None
+    )
