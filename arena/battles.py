@@ -538,7 +538,8 @@ class ArenaService:
                 counts[model_b] = counts.get(model_b, 0) + 1
         return sorted(counts.items(), key=lambda item: (-item[1], item[0]))
 
-    def get_battle(self, battle_id: str, visitor_id: str | None) -> BattleView:
+    def get_battle(self, battle_id: str) -> BattleView:
+        """A battle as anyone holding its (random, unguessable) id may see it: names hidden until voted."""
         with self.sessions() as session:
             battle = session.get(Battle, battle_id)
             if battle is None:

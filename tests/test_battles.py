@@ -122,7 +122,7 @@ async def test_battle_streams_both_answers_then_vote_reveals_names(service: Aren
 
     outcome = service.vote(battle.id, "visitor-1", "a")
     assert not outcome.duplicate and {outcome.model_a, outcome.model_b} <= set(MODELS)
-    view = service.get_battle(battle.id, "visitor-1")
+    view = service.get_battle(battle.id)
     assert view.model_a == outcome.model_a and view.status == BattleStatus.VOTED and view.vote == "a"
     with db_sessions() as session:
         messages = answers_of(session, battle.id)
@@ -136,7 +136,7 @@ async def test_multi_turn_sends_the_history(service: ArenaService, fake_models: 
     await play(service, battle.id, "visitor-2", "first question")
     final = (await play(service, battle.id, "visitor-2", "second question"))[-1]
     assert all(s.text.startswith("answer 2") for s in final.sides.values())
-    view = service.get_battle(battle.id, "visitor-2")
+    view = service.get_battle(battle.id)
     assert view.turn_count == 2 and [m["role"] for m in view.messages["a"]] == ["user", "assistant"] * 2
 
 
@@ -145,7 +145,7 @@ async def test_regenerate_replaces_the_last_answers(service: ArenaService) -> No
     await play(service, battle.id, "visitor-3", "tell me")
     final = [u async for u in service.regenerate(battle.id, "visitor-3")][-1]
     assert final.status == BattleStatus.READY
-    view = service.get_battle(battle.id, "visitor-3")
+    view = service.get_battle(battle.id)
     assert [m["role"] for m in view.messages["b"]] == ["user", "assistant"]
 
 
@@ -305,7 +305,7 @@ async def test_battles_abandoned_mid_stream_are_marked_failed(service: ArenaServ
         session.flush()
         session.get(Battle, stuck.id).updated_at = datetime.now(UTC) - timedelta(hours=1)
     assert service.fail_abandoned_streams(older_than_s=600) == 1
-    assert service.get_battle(stuck.id, None).status == BattleStatus.FAILED
-    assert service.get_battle(fresh.id, None).status == BattleStatus.STREAMING  # may still be answering
+    assert service.get_battle(stuck.id).status == BattleStatus.FAILED
+    assert service.get_battle(fresh.id).status == BattleStatus.STREAMING  # may still be answering
     with pytest.raises(ConflictError, match="failed"):
         service.vote(stuck.id, "visitor-17", "a")

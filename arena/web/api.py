@@ -94,8 +94,8 @@ def create_battle(body: BattleIn, request: Request, service: ArenaService = Depe
 
 
 @router.get("/battles/{battle_id}", response_model=BattleOut)
-def get_battle(battle_id: str, request: Request, service: ArenaService = Depends(get_service)) -> BattleOut:
-    return BattleOut(**asdict(service.get_battle(battle_id, visitor_id_of(request))))
+def get_battle(battle_id: str, service: ArenaService = Depends(get_service)) -> BattleOut:
+    return BattleOut(**asdict(service.get_battle(battle_id)))
 
 
 @router.post("/battles/{battle_id}/turns", responses={200: {"content": {"text/event-stream": {}}}})

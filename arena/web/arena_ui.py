@@ -98,7 +98,7 @@ def _battle_panel(service: ArenaService, identity: VisitorIdentity, mode: str, p
                 view = service.create_battle(visitor, mode, pick_a, pick_b)
                 current = view.id
             else:
-                view = service.get_battle(current, visitor)
+                view = service.get_battle(current)
             updates = service.play_turn(current, visitor, text)
             async for update in updates:
                 yield _render_turn(view, text, update, current, mode)
@@ -111,7 +111,7 @@ def _battle_panel(service: ArenaService, identity: VisitorIdentity, mode: str, p
             return
         try:
             visitor = visitor_id_of_gradio(request, identity)
-            view = service.get_battle(current, visitor)
+            view = service.get_battle(current)
             last_prompt = _drop_last_turn(view)
             async for update in service.regenerate(current, visitor):
                 yield _render_turn(view, last_prompt, update, current, mode)
@@ -124,7 +124,7 @@ def _battle_panel(service: ArenaService, identity: VisitorIdentity, mode: str, p
                 outcome = service.vote(current or "", visitor_id_of_gradio(request, identity), choice)
             except (ArenaError, PermissionError) as exc:
                 return _render_error(service, current, exc, "", mode)
-            view = service.get_battle(outcome.battle_id, None)
+            view = service.get_battle(outcome.battle_id)
             verdict = VOTE_LABELS[outcome.choice]
             message = (f"### Thanks for voting! ({verdict})\n**Model A: {outcome.model_a}** · "
                        f"**Model B: {outcome.model_b}**\n\nStart a new round to keep going.")
@@ -199,7 +199,7 @@ def _render_error(service: ArenaService, battle_id: str | None, exc: Exception, 
     view = None
     if battle_id is not None:
         try:
-            view = service.get_battle(battle_id, None)
+            view = service.get_battle(battle_id)
         except ArenaError:
             view = None
     if view is None:
