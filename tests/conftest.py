@@ -16,6 +16,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -60,15 +61,21 @@ def _postgres_reachable() -> str | None:
         return f"PostgreSQL at {make_url(PG_ADMIN_URL).render_as_string(hide_password=True)} unreachable: {exc}"
 
 
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """A fresh, migrated PostgreSQL database for this test session, dropped afterwards."""
+@contextmanager
+def fresh_postgres_database(prefix: str) -> Iterator[str]:
+    """A new database on the test PostgreSQL, built by the migrations, dropped afterwards.
+
+    Skips when PostgreSQL is unreachable on a developer's machine; fails under CI, where the
+    tests must run on both databases.
+    """
     reason = _postgres_reachable()
     if reason:
         if os.environ.get("CI"):
             pytest.fail(reason)
         pytest.skip(reason)
-    name = f"arena_test_{uuid.uuid4().hex[:10]}"
+    from arena.db.session import get_engine
+
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
     with admin.connect() as connection:
         connection.execute(text(f'CREATE DATABASE "{name}"'))
@@ -77,13 +84,17 @@ def postgres_url() -> Iterator[str]:
         migrate(url)
         yield url
     finally:
-        from arena.db.session import get_engine
-
         get_engine(url).dispose()
-        get_engine.cache_clear()
         with admin.connect() as connection:
             connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh, migrated PostgreSQL database for this test session, dropped afterwards."""
+    with fresh_postgres_database("arena_test") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

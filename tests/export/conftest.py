@@ -10,20 +10,17 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 from arena.db import Battle, Conversation, Flag, Message, Model, Visitor, Vote
 from arena.db.session import get_engine, session_scope
 from arena.identity import VisitorIdentity
-from tests.conftest import PG_ADMIN_URL, _postgres_reachable, migrate
+from tests.conftest import fresh_postgres_database, migrate
 
 BASE_TIME = datetime(2026, 3, 1, 12, 30, tzinfo=UTC)
 IDENTITY = VisitorIdentity("export-test-secret")
@@ -312,23 +309,6 @@ def _seed_battles(session, seed: Seed) -> None:  # type: ignore[no-untyped-def]
     seed.releasable_conversations += 3 * 2 + 2 + 1
 
 
-def _create_pg_database() -> tuple[str, str]:
-    name = f"arena_export_test_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    return name, make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-
-
-def _drop_pg_database(name: str, url: str) -> None:
-    get_engine(url).dispose()
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
-
-
 @pytest.fixture(scope="session")
 def export_sqlite(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Seed]:
     url = f"sqlite:///{tmp_path_factory.mktemp('export-db') / 'arena.db'}"
@@ -338,17 +318,8 @@ def export_sqlite(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Seed]:
 
 @pytest.fixture(scope="session")
 def export_postgres() -> Iterator[tuple[str, Seed]]:
-    reason = _postgres_reachable()
-    if reason:
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
-    name, url = _create_pg_database()
-    try:
-        migrate(url)
+    with fresh_postgres_database("arena_export_test") as url:
         yield url, seed_database(url)
-    finally:
-        _drop_pg_database(name, url)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

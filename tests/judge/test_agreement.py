@@ -5,20 +5,17 @@ from __future__ import annotations
 
 import json
 import shutil
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 from arena.db.models import Battle, Conversation, Message, Model, Vote
 from arena.db.session import get_engine
 from arena.judge.agreement import length_bias_single, outcome_key, outcomes_from_scores
-from tests.conftest import PG_ADMIN_URL, _postgres_reachable, migrate
+from tests.conftest import fresh_postgres_database, migrate
 from tests.fake_openai import FakeOpenAI
 from tests.judge.cli_helpers import data_args, invoke, out_dir_of
 from tests.judge.conftest import Scenario, make_run_args, question_ids, write_registry
@@ -46,23 +43,9 @@ def arena_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         _add_votes(url)
         yield url
         return
-    reason = _postgres_reachable()
-    if reason:
-        pytest.skip(reason)
-    name = f"arena_judge_test_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    try:
-        migrate(url)
+    with fresh_postgres_database("arena_judge_test") as url:
         _add_votes(url)
         yield url
-    finally:
-        get_engine(url).dispose()
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def _add_votes(url: str) -> None:
