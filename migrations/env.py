@@ -23,25 +23,16 @@ def run_migrations_offline() -> None:
 
 
 def run_migrations_online() -> None:
-    connection = context.config.attributes.get("connection")
-    if connection is not None:
-        _run(connection)
-        return
-    engine = get_engine(_database_url())
-    with engine.connect() as connection:
-        _run(connection)
+    with get_engine(_database_url()).connect() as connection:
+        context.configure(
+            connection=connection,
+            target_metadata=target_metadata,
+            render_as_batch=connection.dialect.name == "sqlite",
+            compare_type=True,
+        )
+        with context.begin_transaction():
+            context.run_migrations()
         connection.commit()
-
-
-def _run(connection) -> None:  # type: ignore[no-untyped-def]
-    context.configure(
-        connection=connection,
-        target_metadata=target_metadata,
-        render_as_batch=connection.dialect.name == "sqlite",
-        compare_type=True,
-    )
-    with context.begin_transaction():
-        context.run_migrations()
 
 
 if context.is_offline_mode():
