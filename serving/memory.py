@@ -7,7 +7,8 @@ Two plain objects over preallocated torch tensors:
 * :class:`KVPool` - per layer ``k[num_slots, n_kv_heads, head_dim]`` and ``v`` of the same shape,
   plus a free-slot stack. Allocation pops ``n`` slots and freeing pushes them back, both O(n)
   tensor copies with no Python loop, and since a page is one token nothing is wasted beyond the
-  tokens actually stored.
+  tokens actually stored. The stack lives in host memory: a step's slots travel to the device
+  together with its other inputs, in one copy (see ``serving/model_runner.py``).
 
 Slot 0 is never handed out: it is the padding slot that padded batch entries (CUDA graph
 buckets) write into and read from, so garbage there harms no request.
@@ -87,9 +88,10 @@ class KVPool:
         self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self.num_slots = num_slots
+        self.device = torch.device(device)
         self.side_tables: dict[str, torch.Tensor] = {}
-        # Free stack: entries [0, _top) are free slot ids; slot 0 (padding) is never in it.
-        self._stack = torch.arange(1, num_slots, dtype=torch.int64, device=device)
+        # Free stack (host memory): entries [0, _top) are free slot ids; slot 0 (padding) is never in it.
+        self._stack = torch.arange(1, num_slots, dtype=torch.int64)
         self._top = num_slots - 1
 
     @property
@@ -103,27 +105,25 @@ class KVPool:
         return self._top
 
     def alloc(self, count: int) -> torch.Tensor:
-        """Pop ``count`` free slot ids (int64 tensor); raise :class:`OutOfSlotsError` if short."""
+        """Pop ``count`` free slot ids (int64 host tensor); raise :class:`OutOfSlotsError` if short."""
         if count > self._top:
             raise OutOfSlotsError(f"asked for {count} KV slots, {self._top} free")
         self._top -= count
         return self._stack[self._top : self._top + count].clone()
 
     def free(self, slots: torch.Tensor) -> None:
-        """Push slot ids back onto the free stack."""
+        """Push slot ids (a tensor on any device) back onto the free stack."""
         count = slots.numel()
         if count == 0:
             return
         if self._top + count > self.capacity:
             raise RuntimeError("freeing more KV slots than were allocated (double free)")
-        self._stack[self._top : self._top + count] = slots.to(self._stack.device, torch.int64)
+        self._stack[self._top : self._top + count] = slots.to("cpu", torch.int64)
         self._top += count
 
     def add_side_table(self, name: str, per_slot_shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         """Allocate a per-layer, per-slot side table (sparse-attention scores, label caches)."""
-        table = torch.zeros(
-            (len(self.k), self.num_slots, *per_slot_shape), dtype=dtype, device=self._stack.device
-        )
+        table = torch.zeros((len(self.k), self.num_slots, *per_slot_shape), dtype=dtype, device=self.device)
         self.side_tables[name] = table
         return table
 

@@ -52,10 +52,21 @@ class ModelRunner:
     @torch.inference_mode()
     def forward(self, batch: ScheduledBatch) -> torch.Tensor:
         """fp32 next-token logits for the sequences of ``batch`` that sample this step."""
+        if self.graphs is not None and batch.is_decode:
+            return self.graphs.replay(batch)
         forward_batch = self.prepare(batch)
-        if self.graphs is not None and forward_batch.mode is ForwardMode.DECODE:
-            return self.graphs.replay(forward_batch)
+        self.record_slots(forward_batch)
         return self.model(forward_batch, self.attention)
+
+    def record_slots(self, batch: ForwardBatch) -> None:
+        """Write the new tokens' KV slots into ``req_to_token`` at (request row, position)."""
+        if batch.mode is ForwardMode.DECODE:
+            rows = batch.req_pool_indices
+        else:
+            rows = torch.repeat_interleave(
+                batch.req_pool_indices, batch.extend_lens, output_size=batch.input_ids.shape[0]
+            )
+        self.req_pool.req_to_token[rows, batch.positions] = batch.out_cache_loc.to(torch.int32)
 
     def prepare(self, batch: ScheduledBatch) -> ForwardBatch:
         """Flatten the batch's new tokens and per-request metadata into device tensors."""
@@ -81,14 +92,17 @@ class ModelRunner:
             logits_indices,
         ]
         # One host -> device copy for all fields (small copies each cost a launch and a sync).
-        packed = torch.tensor([v for values in fields for v in values], dtype=torch.int64)
-        parts = packed.to(self.device, non_blocking=False).split([len(values) for values in fields])
-        ids, pos, rows, lens, extend, starts, logits_rows = parts
+        packed = torch.cat(
+            [torch.tensor([v for values in fields for v in values], dtype=torch.int64), batch.out_cache_loc]
+        )
+        sizes = [len(values) for values in fields] + [batch.out_cache_loc.numel()]
+        parts = packed.to(self.device, non_blocking=False).split(sizes)
+        ids, pos, rows, lens, extend, starts, logits_rows, slots = parts
         return ForwardBatch(
             mode=ForwardMode.DECODE if batch.is_decode else ForwardMode.EXTEND,
             input_ids=ids,
             positions=pos,
-            out_cache_loc=batch.out_cache_loc,
+            out_cache_loc=slots,
             req_pool_indices=rows,
             seq_lens=lens,
             extend_lens=extend,
@@ -110,70 +124,78 @@ class DecodeGraphs:
     """CUDA graphs of the decode forward, one per bucket, sharing static input buffers.
 
     A batch of ``n`` requests runs in the smallest bucket ``>= n``; padding entries use the
-    runner's padding request row and slot 0, so they touch no real request's KV.
+    runner's padding request row and slot 0, so they touch no real request's KV. A replay costs
+    one host -> device copy of the step's inputs (from pinned memory) and one graph launch: the
+    slot-table update, the forward and the logits all run inside the graph.
     """
+
+    # Rows of the static input buffer, and what padding entries hold in each.
+    FIELDS = ("input_ids", "positions", "out_cache_loc", "req_pool_indices", "seq_lens")
 
     def __init__(self, runner: ModelRunner, max_batch: int) -> None:
         self.runner = runner
         self.buckets = graph_buckets(max_batch)
         size, device = self.buckets[-1], runner.device
-        self.input_ids = torch.zeros(size, dtype=torch.int64, device=device)
-        self.positions = torch.zeros(size, dtype=torch.int64, device=device)
-        self.out_cache_loc = torch.full((size,), PADDING_SLOT, dtype=torch.int64, device=device)
-        self.req_pool_indices = torch.full((size,), runner.padding_row, dtype=torch.int64, device=device)
-        self.seq_lens = torch.ones(size, dtype=torch.int64, device=device)
-        self.extend_lens = torch.ones(size, dtype=torch.int64, device=device)
-        self.q_start = torch.arange(size, dtype=torch.int64, device=device)
+        padding = torch.tensor([0, 0, PADDING_SLOT, runner.padding_row, 1], dtype=torch.int64)
+        self.host_inputs = padding[:, None].repeat(1, size).pin_memory()
+        self.host_view = self.host_inputs.numpy()
+        self.padding_column = padding.numpy()[:, None]
+        self.inputs = self.host_inputs.to(device)
+        self.ones = torch.ones(size, dtype=torch.int64, device=device)
+        self.arange = torch.arange(size, dtype=torch.int64, device=device)
+        self.copied = torch.cuda.Event()
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.outputs: dict[int, torch.Tensor] = {}
         self._capture_all()
 
     def _static_batch(self, size: int) -> ForwardBatch:
+        fields = {name: self.inputs[row, :size] for row, name in enumerate(self.FIELDS)}
         return ForwardBatch(
             mode=ForwardMode.DECODE,
-            input_ids=self.input_ids[:size],
-            positions=self.positions[:size],
-            out_cache_loc=self.out_cache_loc[:size],
-            req_pool_indices=self.req_pool_indices[:size],
-            seq_lens=self.seq_lens[:size],
-            extend_lens=self.extend_lens[:size],
-            q_start=self.q_start[:size],
-            logits_indices=self.q_start[:size],
+            extend_lens=self.ones[:size],
+            q_start=self.arange[:size],
+            logits_indices=self.arange[:size],
+            **fields,
         )
+
+    def _step(self, batch: ForwardBatch) -> torch.Tensor:
+        self.runner.record_slots(batch)
+        return self.runner.model(batch, self.runner.attention)
 
     @torch.inference_mode()
     def _capture_all(self) -> None:
         pool = torch.cuda.graph_pool_handle()
-        model, attention = self.runner.model, self.runner.attention
         stream = torch.cuda.Stream()
         for size in reversed(self.buckets):  # largest first so smaller ones reuse its memory
             batch = self._static_batch(size)
             stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(stream):
                 for _ in range(2):
-                    model(batch, attention)
+                    self._step(batch)
             torch.cuda.current_stream().wait_stream(stream)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=pool):
-                self.outputs[size] = model(batch, attention)
+                self.outputs[size] = self._step(batch)
             self.graphs[size] = graph
         torch.cuda.synchronize()
         logger.info("captured decode CUDA graphs for batch sizes %s", self.buckets)
 
-    def replay(self, batch: ForwardBatch) -> torch.Tensor:
-        """Copy ``batch`` into the static buffers, pad, replay the bucket's graph."""
-        count = batch.input_ids.shape[0]
+    def replay(self, batch: ScheduledBatch) -> torch.Tensor:
+        """Write the decode batch's inputs (padded to its bucket) to the static buffer, replay."""
+        sequences = batch.sequences
+        count = len(sequences)
         size = next(b for b in self.buckets if b >= count)
-        self.input_ids[:count].copy_(batch.input_ids)
-        self.positions[:count].copy_(batch.positions)
-        self.out_cache_loc[:count].copy_(batch.out_cache_loc)
-        self.req_pool_indices[:count].copy_(batch.req_pool_indices)
-        self.seq_lens[:count].copy_(batch.seq_lens)
-        if size > count:
-            self.input_ids[count:size].zero_()
-            self.positions[count:size].zero_()
-            self.out_cache_loc[count:size].fill_(PADDING_SLOT)
-            self.req_pool_indices[count:size].fill_(self.runner.padding_row)
-            self.seq_lens[count:size].fill_(1)
+        positions = [seq.num_cached for seq in sequences]
+        view = self.host_view
+        self.copied.synchronize()  # the previous step's copy out of this buffer (done by now, in practice)
+        view[0, :count] = [seq.token_ids[seq.num_cached] for seq in sequences]
+        view[1, :count] = positions
+        view[2, :count] = batch.out_cache_loc.numpy()
+        view[3, :count] = [seq.req_pool_idx for seq in sequences]
+        view[4, :count] = positions
+        view[4, :count] += 1
+        view[:, count:size] = self.padding_column
+        self.inputs.copy_(self.host_inputs, non_blocking=True)
+        self.copied.record()
         self.graphs[size].replay()
         return self.outputs[size][:count]

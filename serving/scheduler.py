@@ -9,8 +9,9 @@ Every step the scheduler builds one batch under a token budget:
 2. Waiting sequences, first come first served, while budget, request rows and free slots last.
    A prompt larger than the remaining budget is prefilled in chunks over several steps.
 
-Slots for all new tokens of a step are popped from the pool at once and written into the
-request rows of ``req_to_token`` with a single scatter.
+Slots for all new tokens of a step are popped from the pool at once (host memory); the model
+runner records them in the request rows of ``req_to_token`` on the device, as part of the
+step's forward (inside the CUDA graph for decode batches), so scheduling costs no device work.
 """
 
 from __future__ import annotations
@@ -33,7 +34,9 @@ class ScheduledBatch:
 
     sequences: list[Sequence]
     num_new_tokens: list[int]
-    out_cache_loc: torch.Tensor  # [sum(num_new_tokens)] KV slots of the new tokens, in order
+    # [sum(num_new_tokens)] int64 host tensor: KV slots of the new tokens, in order; the model
+    # runner writes them into req_to_token at (request row, position) before attention reads it.
+    out_cache_loc: torch.Tensor
 
     @property
     def is_decode(self) -> bool:
@@ -75,6 +78,8 @@ class Scheduler:
 
     def schedule(self) -> ScheduledBatch | None:
         """Pick this step's sequences and token counts, allocating their KV slots."""
+        if self._all_decode_fits():
+            return self._allocate([(seq, 1) for seq in self.running])
         budget = self.max_batch_tokens
         self._reserved = 0
         preemptions_before = self.num_preemptions
@@ -96,6 +101,17 @@ class Scheduler:
         if not chosen:
             return None
         return self._allocate(chosen)
+
+    def _all_decode_fits(self) -> bool:
+        """The steady state, decided without the general loop: nobody waits, every running
+        sequence decodes one token, and budget and free slots cover them all."""
+        running = self.running
+        return (
+            not self.waiting
+            and bool(running)
+            and len(running) <= min(self.max_batch_tokens, self.kv_pool.num_free)
+            and all(len(seq.token_ids) - seq.num_cached == 1 for seq in running)
+        )
 
     def _admit_waiting(self, budget: int, chosen: list[tuple[Sequence, int]]) -> None:
         """Start waiting sequences while budget, rows and free slots allow (no preemption)."""
@@ -155,18 +171,10 @@ class Scheduler:
             self.running.remove(seq)
 
     def _allocate(self, chosen: list[tuple[Sequence, int]]) -> ScheduledBatch:
-        """Pop the step's slots and write them into each request's ``req_to_token`` row."""
+        """Pop the step's slots; the model runner records them in ``req_to_token``."""
         self._reserved = 0
         counts = [count for _, count in chosen]
         slots = self.kv_pool.alloc(sum(counts))
-        rows: list[int] = []
-        columns: list[int] = []
-        for seq, count in chosen:
-            assert seq.req_pool_idx is not None  # chosen sequences are running
-            rows.extend([seq.req_pool_idx] * count)
-            columns.extend(range(seq.num_cached, seq.num_cached + count))
-        index = torch.tensor([rows, columns], dtype=torch.int64).to(self.req_pool.req_to_token.device)
-        self.req_pool.req_to_token[index[0], index[1]] = slots.to(torch.int32)
         return ScheduledBatch([seq for seq, _ in chosen], counts, slots)
 
     def rollback(self, batch: ScheduledBatch) -> None:

@@ -22,9 +22,23 @@ def add(scheduler: Scheduler, name: str, prompt_len: int, arrival: int) -> Seque
 
 
 def run_step(scheduler: Scheduler) -> dict[str, int]:
-    """One scheduled step with a fake model: every sequence that reaches its end samples token 7."""
+    """One scheduled step with a fake model: every sequence that reaches its end samples token 7.
+
+    Like the model runner, it records the step's slots in ``req_to_token`` first.
+    """
     batch = scheduler.schedule()
     assert batch is not None
+    rows = [
+        seq.req_pool_idx
+        for seq, n in zip(batch.sequences, batch.num_new_tokens, strict=True)
+        for _ in range(n)
+    ]
+    columns = [
+        seq.num_cached + i
+        for seq, n in zip(batch.sequences, batch.num_new_tokens, strict=True)
+        for i in range(n)
+    ]
+    scheduler.req_pool.req_to_token[rows, columns] = batch.out_cache_loc.to(torch.int32)
     sampling = [seq for i, seq in enumerate(batch.sequences) if batch.samples(i)]
     scheduler.advance(batch)
     for seq in sampling:
