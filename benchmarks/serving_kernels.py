@@ -8,9 +8,12 @@ Claims measured, all in one run on the same inputs:
   engine without a paged kernel does) and SDPA over a dense, contiguous KV cache (no paging);
 - extend/prefill attention: TFLOP/s against SDPA (causal flash over dense tensors);
 - fused small ops (RMSNorm, add+RMSNorm, rotary, SiLU-mul): GB/s against eager PyTorch;
-- a sweep of the decode and extend launch parameters, to justify the defaults.
+- a sweep of the decode and extend launch parameters, to justify the defaults;
+- the small-batch GEMV (``--sections gemv``): weight GB/s against cuBLAS (``F.linear``) at the
+  projection shapes of Llama-3.1-8B and Qwen3-0.6B for 1-8 rows, and a launch-parameter sweep.
 
-Usage (device tool): ``python benchmarks/serving_kernels.py --out benchmarks/results/serving_kernels.json``.
+Usage (device tool): ``python benchmarks/serving_kernels.py --out benchmarks/results/serving_kernels.json``
+(``--sections gemv --out benchmarks/results/serving_gemv.json`` for the GEMV part alone).
 Prints tables; writes JSON with the machine, versions and date.
 """
 
@@ -276,6 +279,71 @@ def elementwise_rows(bandwidth: float) -> list[dict]:
     return rows
 
 
+GEMV_SHAPES = (  # label, out_features, in_features, input is gate|up (SwiGLU applied in the kernel)
+    ("llama8b qkv", 6144, 4096, False),
+    ("llama8b o_proj", 4096, 4096, False),
+    ("llama8b gate_up", 28672, 4096, False),
+    ("llama8b down", 4096, 14336, True),
+    ("llama8b lm_head", 128256, 4096, False),
+    ("qwen3 qkv", 4096, 1024, False),
+    ("qwen3 o_proj", 1024, 2048, False),
+    ("qwen3 gate_up", 6144, 1024, False),
+    ("qwen3 down", 1024, 3072, True),
+)
+GEMV_ROWS = (1, 2, 4, 8)
+GEMV_SWEEP = [(n, k, w) for n in (2, 4, 8, 16) for k in (512, 1024, 2048) for w in (4, 8)]
+
+
+def gemv_inputs(rows: int, out_features: int, in_features: int, swiglu: bool) -> tuple:
+    weight = torch.randn(out_features, in_features, dtype=DTYPE, device=DEVICE) / in_features**0.5
+    x = torch.randn(rows, 2 * in_features if swiglu else in_features, dtype=DTYPE, device=DEVICE)
+    return x, weight
+
+
+def gemv_rows(bandwidth: float) -> list[dict]:
+    """Triton GEMV vs cuBLAS (after the SiLU-mul kernel for the down projection), in CUDA graphs."""
+    from serving.kernels.gemv import linear_triton
+
+    rows = []
+    for label, out_features, in_features, swiglu in GEMV_SHAPES:
+        for count in GEMV_ROWS:
+            x, weight = gemv_inputs(count, out_features, in_features, swiglu)
+            triton_ms = bench_graph_ms(lambda x=x, w=weight, s=swiglu: linear_triton(x, w, None, s))
+            cublas_ms = bench_graph_ms(
+                lambda x=x, w=weight, s=swiglu: F.linear(kernels.silu_and_mul_triton(x) if s else x, w)
+            )
+            rows.append(
+                {
+                    "shape": label,
+                    "rows": count,
+                    "triton_ms": triton_ms,
+                    "cublas_ms": cublas_ms,
+                    "cublas_over_triton": cublas_ms / triton_ms,
+                    "triton_weight_gbs": weight.nbytes / triton_ms / 1e6,
+                    "triton_fraction_of_copy_bw": weight.nbytes / triton_ms / 1e6 / bandwidth,
+                    "cublas_fraction_of_copy_bw": weight.nbytes / cublas_ms / 1e6 / bandwidth,
+                }
+            )
+    return rows
+
+
+def gemv_sweep() -> list[dict]:
+    """(BLOCK_N, BLOCK_K, warps) sweep at 1 and 2 rows, to choose ``gemv_launch_config``."""
+    from serving.kernels.gemv import gemv_launch_config, linear_triton
+
+    rows = []
+    swept = ("llama8b o_proj", "llama8b gate_up", "llama8b down", "llama8b lm_head")
+    for label, out_features, in_features, swiglu in [s for s in GEMV_SHAPES if s[0] in swept]:
+        for count in (1, 2):
+            x, weight = gemv_inputs(count, out_features, in_features, swiglu)
+            default = gemv_launch_config(in_features)
+            for config in [*GEMV_SWEEP, "default"]:
+                launch = default if config == "default" else config
+                ms = bench_graph_ms(lambda x=x, w=weight, s=swiglu, c=launch: linear_triton(x, w, None, s, c))
+                rows.append({"shape": label, "rows": count, "config": str(config), "ms": ms})
+    return rows
+
+
 # Self-contained on purpose, not benchmarks/common.py: this runs on the GPU machine, whose Python lacks some packages.
 def machine_info() -> dict:
     """The machine, versions and date the numbers belong to."""
@@ -305,9 +373,55 @@ def print_table(title: str, rows: list[dict], columns: list[str]) -> None:
 
 
 def print_report(results: dict) -> None:
-    """Print every section; the ratio columns carry the claims."""
+    """Print every section measured; the ratio columns carry the claims."""
     print(f"machine: {results['machine']}")
     print(f"copy bandwidth (read+write): {results['copy_bandwidth_gbs']:.0f} GB/s")
+    if "attention" in results["sections"]:
+        print_attention_report(results)
+    if "elementwise" in results["sections"]:
+        print_table(
+            "fused small ops",
+            results["elementwise"],
+            ["op", "tokens", "triton_ms", "eager_ms", "speedup", "triton_gbs", "fraction_of_copy_bw"],
+        )
+    if "gemv" in results["sections"]:
+        print_gemv_report(results)
+
+
+def print_gemv_report(results: dict) -> None:
+    """GEMV vs cuBLAS per shape and row count, then the sweep's best launch vs the default."""
+    print_table(
+        "small-batch GEMV vs cuBLAS, in CUDA graphs, L2 flushed (cublas_over_triton > 1: Triton faster)",
+        results["gemv"],
+        [
+            "shape",
+            "rows",
+            "triton_ms",
+            "cublas_ms",
+            "cublas_over_triton",
+            "triton_fraction_of_copy_bw",
+            "cublas_fraction_of_copy_bw",
+        ],
+    )
+    best: dict[tuple, dict] = {}
+    for row in results["gemv_sweep"]:
+        key = (row["shape"], row["rows"])
+        if row["config"] != "default" and (key not in best or row["ms"] < best[key]["ms"]):
+            best[key] = row
+    defaults = {(r["shape"], r["rows"]): r["ms"] for r in results["gemv_sweep"] if r["config"] == "default"}
+    table = [
+        {**row, "default_ms": defaults[key], "default_over_best": defaults[key] / row["ms"]}
+        for key, row in best.items()
+    ]
+    print_table(
+        "GEMV sweep: best (BLOCK_N, BLOCK_K, warps) vs the default",
+        table,
+        ["shape", "rows", "config", "ms", "default_ms", "default_over_best"],
+    )
+
+
+def print_attention_report(results: dict) -> None:
+    """Decode attention vs its peers, the decode sweep, extend attention vs SDPA."""
     for row in results["decode"]:
         row["sdpa_dense_over_triton"] = row["sdpa_dense_ms"] / row["triton_ms"]
         row["gather_sdpa_over_triton"] = row["gather_sdpa_ms"] / row["triton_ms"]
@@ -355,25 +469,29 @@ def print_report(results: dict) -> None:
             "reference_ms",
         ],
     )
-    print_table(
-        "fused small ops",
-        results["elementwise"],
-        ["op", "tokens", "triton_ms", "eager_ms", "speedup", "triton_gbs", "fraction_of_copy_bw"],
-    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/serving_kernels.json"))
+    parser.add_argument(
+        "--sections", default="attention,elementwise,gemv", help="comma-separated: attention, elementwise, gemv"
+    )
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("serving_kernels benchmark needs a CUDA GPU (run it through the device tool)")
+    sections = args.sections.split(",")
     bandwidth = copy_bandwidth_gbs()
-    results = {"machine": machine_info(), "copy_bandwidth_gbs": bandwidth}
-    results["decode"] = decode_rows(bandwidth)
-    results["decode_sweep"] = decode_sweep()
-    results["extend"] = extend_rows()
-    results["elementwise"] = elementwise_rows(bandwidth)
+    results = {"machine": machine_info(), "copy_bandwidth_gbs": bandwidth, "sections": sections}
+    if "attention" in sections:
+        results["decode"] = decode_rows(bandwidth)
+        results["decode_sweep"] = decode_sweep()
+        results["extend"] = extend_rows()
+    if "elementwise" in sections:
+        results["elementwise"] = elementwise_rows(bandwidth)
+    if "gemv" in sections:
+        results["gemv"] = gemv_rows(bandwidth)
+        results["gemv_sweep"] = gemv_sweep()
     print_report(results)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))

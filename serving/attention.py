@@ -1,13 +1,14 @@
 """The attention interface models call, and the per-step batch description it reads.
 
 A model never sees the scheduler: each forward gets a :class:`ForwardBatch` (flat token rows
-plus per-request metadata) and an :class:`AttentionBackend`. The backend writes the new tokens'
-K/V into the :class:`~serving.memory.KVPool` at ``out_cache_loc`` and runs paged attention
-through ``serving.kernels`` (Triton on CUDA, PyTorch reference on CPU).
+plus per-request metadata) and an :class:`AttentionBackend`. A layer first writes its new
+tokens' K/V into the backend's :meth:`~AttentionBackend.kv_cache` at ``out_cache_loc`` (fused
+with rotary: ``kernels.rotary_store_kv``), then calls :meth:`~AttentionBackend.forward`, which
+runs paged attention through ``serving.kernels`` (Triton on CUDA, PyTorch reference on CPU).
 
-Sparse attention (H2O, Double Sparsity) plugs in as another backend with the same ``forward``
-signature that also updates its per-slot side tables; multi-LoRA adds per-request adapter
-indices to :class:`ForwardBatch`, not to the backend.
+Sparse attention (H2O, Double Sparsity) plugs in as another backend with the same two methods,
+whose ``forward`` also updates its per-slot side tables (the new keys are in the cache by then);
+multi-LoRA adds per-request adapter indices to :class:`ForwardBatch`, not to the backend.
 """
 
 from __future__ import annotations
@@ -57,19 +58,13 @@ class AttentionBackend:
         self.kv_pool = kv_pool
         self.req_to_token = req_to_token
 
-    def forward(
-        self,
-        layer_id: int,
-        q: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
-        batch: ForwardBatch,
-        scale: float,
-    ) -> torch.Tensor:
-        """Store k/v ``[T, Hkv, D]`` at the batch's slots, attend with q ``[T, Hq, D]``."""
-        k_cache, v_cache = self.kv_pool.k[layer_id], self.kv_pool.v[layer_id]
-        k_cache[batch.out_cache_loc] = k.to(k_cache.dtype)
-        v_cache[batch.out_cache_loc] = v.to(v_cache.dtype)
+    def kv_cache(self, layer_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer ``layer_id``'s ``(k_cache, v_cache)``, each ``[num_slots, Hkv, D]``."""
+        return self.kv_pool.k[layer_id], self.kv_pool.v[layer_id]
+
+    def forward(self, layer_id: int, q: torch.Tensor, batch: ForwardBatch, scale: float) -> torch.Tensor:
+        """Attend with q ``[T, Hq, D]`` over each request's cached tokens (the new ones included)."""
+        k_cache, v_cache = self.kv_cache(layer_id)
         if batch.mode is ForwardMode.DECODE:
             return kernels.decode_attention(
                 q, k_cache, v_cache, self.req_to_token, batch.req_pool_indices, batch.seq_lens, scale

@@ -8,7 +8,7 @@ Every op comes in three names with one signature:
   variable ``SERVING_KERNELS=torch|triton`` forces one side (``auto``/unset: by device).
 
 Triton is imported only when a Triton kernel is first called, so the CPU engine never needs
-it. The kernel modules (``paged_decode``, ``paged_extend``, ``elementwise``) are named
+it. The kernel modules (``paged_decode``, ``paged_extend``, ``elementwise``, ``gemv``) are named
 unlike the ops on purpose: importing a submodule sets it as an attribute of this package,
 which would otherwise replace the dispatch function of the same name.
 """
@@ -18,14 +18,17 @@ from __future__ import annotations
 import os
 
 import torch
+import torch.nn.functional as F
 
 from serving.kernels.reference import (
     apply_rotary_ref,
     decode_attention_ref,
     extend_attention_ref,
     fused_add_rms_norm_ref,
+    linear_ref,
     rms_norm_ref,
     rotary_cos_sin_cache,
+    rotary_store_kv_ref,
     silu_and_mul_ref,
 )
 
@@ -42,17 +45,27 @@ __all__ = [
     "fused_add_rms_norm",
     "fused_add_rms_norm_ref",
     "fused_add_rms_norm_triton",
+    "GEMV_MAX_ROWS",
     "kernel_backend",
+    "linear",
+    "linear_ref",
+    "linear_triton",
     "rms_norm",
     "rms_norm_ref",
     "rms_norm_triton",
     "rotary_cos_sin_cache",
+    "rotary_store_kv",
+    "rotary_store_kv_ref",
+    "rotary_store_kv_triton",
     "silu_and_mul",
     "silu_and_mul_ref",
     "silu_and_mul_triton",
 ]
 
 _BACKENDS = ("auto", "torch", "triton")
+
+# Up to this many rows, linear layers on the Triton side use the GEMV kernel; above, cuBLAS.
+GEMV_MAX_ROWS = 2
 
 
 def kernel_backend(tensor: torch.Tensor) -> str:
@@ -129,6 +142,38 @@ def apply_rotary_triton(
     return kernel(q, k, positions, cos_sin_cache, is_neox)
 
 
+def rotary_store_kv_triton(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    positions: torch.Tensor,
+    cos_sin_cache: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    out_cache_loc: torch.Tensor,
+    is_neox: bool = True,
+    q_norm_weight: torch.Tensor | None = None,
+    k_norm_weight: torch.Tensor | None = None,
+    eps: float = 1e-6,
+) -> torch.Tensor:
+    """(q/k norm,) rotary and KV store in one launch; see ``rotary_store_kv_ref``."""
+    from serving.kernels.elementwise import rotary_store_kv_triton as kernel
+
+    return kernel(
+        q, k, v, positions, cos_sin_cache, k_cache, v_cache, out_cache_loc, is_neox,
+        q_norm_weight, k_norm_weight, eps,
+    )  # fmt: skip
+
+
+def linear_triton(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, silu_mul_input: bool = False
+) -> torch.Tensor:
+    """GEMV for a few rows, optionally applying SwiGLU to its input; see ``linear_ref``."""
+    from serving.kernels.gemv import linear_triton as kernel
+
+    return kernel(x, weight, bias, silu_mul_input)
+
+
 def silu_and_mul_triton(x: torch.Tensor) -> torch.Tensor:
     """Fused SwiGLU activation; see ``silu_and_mul_ref``."""
     from serving.kernels.elementwise import silu_and_mul_triton as kernel
@@ -193,6 +238,43 @@ def apply_rotary(
     """Rotary embedding; returns new ``(q, k)`` tensors; see ``apply_rotary_ref``."""
     op = apply_rotary_triton if kernel_backend(q) == "triton" else apply_rotary_ref
     return op(q, k, positions, cos_sin_cache, is_neox)
+
+
+def rotary_store_kv(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    positions: torch.Tensor,
+    cos_sin_cache: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    out_cache_loc: torch.Tensor,
+    is_neox: bool = True,
+    q_norm_weight: torch.Tensor | None = None,
+    k_norm_weight: torch.Tensor | None = None,
+    eps: float = 1e-6,
+) -> torch.Tensor:
+    """(q/k norm,) rotary, K/V written to the cache; returns the new q; see ``rotary_store_kv_ref``."""
+    op = rotary_store_kv_triton if kernel_backend(q) == "triton" else rotary_store_kv_ref
+    return op(
+        q, k, v, positions, cos_sin_cache, k_cache, v_cache, out_cache_loc, is_neox,
+        q_norm_weight, k_norm_weight, eps,
+    )  # fmt: skip
+
+
+def linear(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, silu_mul_input: bool = False
+) -> torch.Tensor:
+    """Projection of ``x[M, K]`` (gate|up ``[M, 2K]`` with ``silu_mul_input``); see ``linear_ref``.
+
+    On the Triton side, up to :data:`GEMV_MAX_ROWS` rows run the Triton GEMV (decode at small
+    batch); more rows go to cuBLAS in the input dtype, after the SiLU-and-mul kernel if asked.
+    """
+    if kernel_backend(x) == "torch":
+        return linear_ref(x, weight, bias, silu_mul_input)
+    if x.shape[0] <= GEMV_MAX_ROWS:
+        return linear_triton(x, weight, bias, silu_mul_input)
+    return F.linear(silu_and_mul_triton(x) if silu_mul_input else x, weight, bias)
 
 
 def silu_and_mul(x: torch.Tensor) -> torch.Tensor:

@@ -153,6 +153,38 @@ def apply_rotary_ref(
     )
 
 
+def rotary_store_kv_ref(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    positions: torch.Tensor,
+    cos_sin_cache: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    out_cache_loc: torch.Tensor,
+    is_neox: bool = True,
+    q_norm_weight: torch.Tensor | None = None,
+    k_norm_weight: torch.Tensor | None = None,
+    eps: float = 1e-6,
+) -> torch.Tensor:
+    """Everything between a layer's qkv projection and its attention, as one op.
+
+    Optionally RMS-normalises each q and k head over head_dim (Qwen3's ``q_norm``/``k_norm``,
+    both weights or neither), applies rotary to q ``[T, Hq, D]`` and k ``[T, Hkv, D]``, then
+    writes k and v ``[T, Hkv, D]`` into ``k_cache``/``v_cache`` ``[S, Hkv, D]`` at the slots
+    ``out_cache_loc[T]``. Returns the new q; the caches are modified in place.
+    """
+    if (q_norm_weight is None) != (k_norm_weight is None):
+        raise ValueError("give both q_norm_weight and k_norm_weight, or neither")
+    if q_norm_weight is not None and k_norm_weight is not None:
+        q, k = rms_norm_ref(q, q_norm_weight, eps), rms_norm_ref(k, k_norm_weight, eps)
+    q, k = apply_rotary_ref(q, k, positions, cos_sin_cache, is_neox)
+    slots = out_cache_loc.long()
+    k_cache[slots] = k.to(k_cache.dtype)
+    v_cache[slots] = v.to(v_cache.dtype)
+    return q
+
+
 def rotary_cos_sin_cache(inv_freq: torch.Tensor, max_positions: int) -> torch.Tensor:
     """Build the fp32 ``[max_positions, 2 * len(inv_freq)]`` cos|sin table for apply_rotary.
 
@@ -169,3 +201,15 @@ def silu_and_mul_ref(x: torch.Tensor) -> torch.Tensor:
     """SwiGLU activation: ``silu(x[..., :I]) * x[..., I:]`` for ``x[..., 2I]``, in fp32, cast back."""
     gate, up = x.float().chunk(2, dim=-1)
     return (F.silu(gate) * up).to(x.dtype)
+
+
+def linear_ref(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, silu_mul_input: bool = False
+) -> torch.Tensor:
+    """``x @ weight.T + bias`` in fp32, cast back; with ``silu_mul_input`` x holds gate|up and
+    the SwiGLU activation ``silu_and_mul_ref(x)`` is the actual input (the down projection)."""
+    if silu_mul_input:
+        x = silu_and_mul_ref(x)
+    out = F.linear(x.float(), weight.float(), None if bias is None else bias.float())
+    return out.to(x.dtype)
+

@@ -31,7 +31,8 @@ def head_dim_of(config) -> int:
 
 
 class RMSNorm(nn.Module):
-    """RMSNorm; given a residual it adds it first and returns ``(normed, new_residual)``."""
+    """RMSNorm; given a residual it adds it first and returns ``(normed, new_residual)``.
+    (Qwen3's per-head q/k norms only hold weights here: they run fused into rotary.)"""
 
     def __init__(self, size: int, eps: float) -> None:
         super().__init__()
@@ -45,7 +46,8 @@ class RMSNorm(nn.Module):
 
 
 class LlamaMLP(nn.Module):
-    """SwiGLU feed-forward with the gate and up projections fused."""
+    """SwiGLU feed-forward with the gate and up projections fused; the down projection applies
+    SiLU-and-mul to its input (one kernel at small batch, see ``kernels.linear``)."""
 
     def __init__(self, config) -> None:
         super().__init__()
@@ -55,7 +57,8 @@ class LlamaMLP(nn.Module):
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(kernels.silu_and_mul(self.gate_up_proj(x)))
+        gate_up = kernels.linear(x, self.gate_up_proj.weight, self.gate_up_proj.bias)
+        return kernels.linear(gate_up, self.down_proj.weight, self.down_proj.bias, silu_mul_input=True)
 
 
 class LlamaAttention(nn.Module):
@@ -89,9 +92,9 @@ class LlamaAttention(nn.Module):
         size = self.q_size if shard_id == "q" else self.kv_size
         return slice(starts[shard_id], starts[shard_id] + size)
 
-    def normalize_qk(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Hook for per-head q/k norms (Qwen3); Llama has none."""
-        return q, k
+    def qk_norm(self) -> tuple[torch.Tensor | None, torch.Tensor | None, float]:
+        """Per-head q/k RMSNorm weights and eps (Qwen3), applied before rotary; Llama has none."""
+        return None, None, 0.0
 
     def forward(
         self,
@@ -102,14 +105,17 @@ class LlamaAttention(nn.Module):
         cos_sin_cache: torch.Tensor,
     ) -> torch.Tensor:
         num_tokens = hidden.shape[0]
-        q, k, v = self.qkv_proj(hidden).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        qkv = kernels.linear(hidden, self.qkv_proj.weight, self.qkv_proj.bias)
+        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q = q.reshape(num_tokens, self.num_heads, self.head_dim)
         k = k.reshape(num_tokens, self.num_kv_heads, self.head_dim)
         v = v.reshape(num_tokens, self.num_kv_heads, self.head_dim)
-        q, k = self.normalize_qk(q, k)
-        q, k = kernels.apply_rotary(q, k, positions, cos_sin_cache, True)
-        out = attention.forward(self.layer_id, q, k, v, batch, self.scale)
-        return self.o_proj(out.reshape(num_tokens, self.q_size))
+        k_cache, v_cache = attention.kv_cache(self.layer_id)
+        q = kernels.rotary_store_kv(
+            q, k, v, positions, cos_sin_cache, k_cache, v_cache, batch.out_cache_loc, True, *self.qk_norm()
+        )
+        out = attention.forward(self.layer_id, q, batch, self.scale)
+        return kernels.linear(out.reshape(num_tokens, self.q_size), self.o_proj.weight, self.o_proj.bias)
 
 
 class LlamaDecoderLayer(nn.Module):
@@ -178,7 +184,7 @@ class LlamaForCausalLM(nn.Module):
         if self.cos_sin_cache is None:
             raise RuntimeError("call init_rotary() before forward()")
         hidden = self.model(batch, attention, self.cos_sin_cache)
-        return self.lm_head(hidden[batch.logits_indices]).float()
+        return kernels.linear(hidden[batch.logits_indices], self.lm_head.weight).float()
 
     def fused_param_target(self, hf_name: str) -> tuple[str, slice] | None:
         """Map a checkpoint name like ``...self_attn.k_proj.weight`` to (fused param name, rows)."""

@@ -32,8 +32,8 @@ class Qwen3Attention(LlamaAttention):
         self.q_norm = RMSNorm(head_dim_of(config), config.rms_norm_eps)
         self.k_norm = RMSNorm(head_dim_of(config), config.rms_norm_eps)
 
-    def normalize_qk(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.q_norm(q), self.k_norm(k)
+    def qk_norm(self) -> tuple[torch.Tensor | None, torch.Tensor | None, float]:
+        return self.q_norm.weight, self.k_norm.weight, self.q_norm.eps
 
 
 class Qwen2DecoderLayer(LlamaDecoderLayer):

@@ -74,9 +74,11 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor) -> None:
 def test_kernel_submodules_do_not_shadow_the_ops() -> None:
     """Importing a kernel module sets it as a package attribute: names must not collide."""
     pytest.importorskip("triton")
-    for module in ("paged_decode", "paged_extend", "elementwise"):
+    for module in ("paged_decode", "paged_extend", "elementwise", "gemv"):
         importlib.import_module(f"serving.kernels.{module}")
     for name in kernels.__all__:
+        if name.isupper():  # a constant
+            continue
         assert inspect.isfunction(getattr(kernels, name)), f"serving.kernels.{name} is shadowed"
 
 
@@ -196,6 +198,71 @@ def test_rotary_matches_reference(dtype, is_neox) -> None:
     want_q, want_k = kernels.apply_rotary_ref(q, k, positions, cache, is_neox)
     assert_close(got_q, want_q)
     assert_close(got_k, want_k)
+
+
+@interpreted
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("qk_norm", [False, True], ids=["llama", "qwen3-qk-norm"])
+@pytest.mark.parametrize("is_neox", [True, False], ids=["neox", "gptj"])
+def test_rotary_store_kv_matches_reference(dtype, qk_norm, is_neox) -> None:
+    """Same returned q and same caches as the reference; slots not written stay untouched."""
+    head_dim, tokens, num_slots = 32, 5, 40
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, head_dim, 2).float() / head_dim))
+    cos_sin = kernels.rotary_cos_sin_cache(inv_freq, 64)
+    qkv = torch.randn(tokens, 6 + 3 + 3, head_dim, dtype=dtype)
+    q, k, v = qkv[:, :6], qkv[:, 6:9], qkv[:, 9:]  # strided views of a fused projection
+    positions = torch.tensor([0, 9, 63, 9, 1])
+    slots = torch.tensor([7, 0, 39, 12, 3])
+    norms = (torch.rand(head_dim, dtype=dtype) + 0.5, torch.rand(head_dim, dtype=dtype) + 0.5, 1e-6)
+    extra = norms if qk_norm else (None, None, 1e-6)
+    caches = {}
+    for name, op in (("triton", kernels.rotary_store_kv_triton), ("ref", kernels.rotary_store_kv_ref)):
+        k_cache = torch.full((num_slots, 3, head_dim), -7.0, dtype=dtype)
+        v_cache = torch.full_like(k_cache, -7.0)
+        new_q = op(q, k, v, positions, cos_sin, k_cache, v_cache, slots, is_neox, *extra)
+        caches[name] = (new_q, k_cache, v_cache)
+    for got, want in zip(caches["triton"], caches["ref"], strict=True):
+        assert_close(got, want)
+    untouched = torch.ones(num_slots, dtype=torch.bool)
+    untouched[slots] = False
+    assert (caches["triton"][1][untouched] == -7.0).all()
+
+
+@interpreted
+def test_rotary_store_kv_needs_both_norm_weights() -> None:
+    q, k = torch.randn(2, 4, 16), torch.randn(2, 2, 16)
+    cache = torch.zeros(4, 2, 16)
+    cos_sin = kernels.rotary_cos_sin_cache(torch.ones(8), 8)
+    with pytest.raises(ValueError, match="both"):
+        kernels.rotary_store_kv_triton(
+            q, k, k, torch.tensor([0, 1]), cos_sin, cache, cache.clone(), torch.tensor([1, 2]), True,
+            torch.ones(16), None,
+        )  # fmt: skip
+
+
+@interpreted
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rows", [1, 3, 4])
+@pytest.mark.parametrize("silu_mul_input", [False, True], ids=["plain", "swiglu-input"])
+def test_gemv_linear_matches_reference(dtype, rows, silu_mul_input) -> None:
+    """Ragged sizes (K not a multiple of the block, N not of BLOCK_N), bias or none."""
+    in_features, out_features = 3000, 37  # K spans two 2048-wide tiles, the second ragged
+    x = torch.randn(rows, 2 * in_features if silu_mul_input else in_features, dtype=dtype)
+    weight = torch.randn(out_features, in_features, dtype=dtype) / in_features**0.5
+    bias = torch.randn(out_features, dtype=dtype)
+    for b in (None, bias):
+        want = kernels.linear_ref(x, weight, b, silu_mul_input)
+        assert_close(kernels.linear_triton(x, weight, b, silu_mul_input), want)
+    even = torch.randn(rows, 512, dtype=dtype), torch.randn(16, 512, dtype=dtype) / 512**0.5
+    assert_close(kernels.linear_triton(*even), kernels.linear_ref(*even))
+
+
+@interpreted
+def test_gemv_linear_rejects_mismatched_shapes() -> None:
+    with pytest.raises(ValueError, match="does not fit"):
+        kernels.linear_triton(torch.randn(1, 8), torch.randn(4, 6))
+    with pytest.raises(ValueError, match="silu_mul_input"):
+        kernels.linear_triton(torch.randn(1, 8), torch.randn(4, 8), None, True)
 
 
 @interpreted

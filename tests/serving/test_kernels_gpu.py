@@ -119,7 +119,7 @@ def test_extend_attention_launch_variants(variant) -> None:
 
 
 @pytest.mark.parametrize("dtype", HALF_DTYPES)
-def test_norms_rotary_and_silu_at_llama8b_shapes(dtype) -> None:
+def test_norms_rotary_store_kv_and_silu_at_llama8b_shapes(dtype) -> None:
     tokens, hidden = 512, 4096
     x = torch.randn(tokens, hidden, dtype=dtype, device="cuda")
     residual = torch.randn_like(x)
@@ -140,5 +140,31 @@ def test_norms_rotary_and_silu_at_llama8b_shapes(dtype) -> None:
         assert_matches(got_q, want_q, f"rotary q neox={is_neox}")
         assert_matches(got_k, want_k, f"rotary k neox={is_neox}")
 
+    slots = torch.randperm(4 * tokens, device="cuda")[:tokens]
+    norm_weights = (torch.rand(128, dtype=dtype, device="cuda") + 0.5, torch.rand_like(weight[:128]) + 0.5)
+    for qk_norm in ((None, None, 1e-6), (*norm_weights, 1e-6)):
+        results = []
+        for op in (kernels.rotary_store_kv, kernels.rotary_store_kv_ref):
+            k_cache = torch.zeros(4 * tokens, 8, 128, dtype=dtype, device="cuda")
+            v_cache = torch.zeros_like(k_cache)
+            new_q = op(
+                qkv[:, :32], qkv[:, 32:40], qkv[:, 40:], positions, cache, k_cache, v_cache, slots, True,
+                *qk_norm,
+            )  # fmt: skip
+            results.append((new_q, k_cache, v_cache))
+        for name, got, want in zip(("q", "k_cache", "v_cache"), *results, strict=True):
+            assert_matches(got, want, f"rotary_store_kv {name} qk_norm={qk_norm[0] is not None}")
+
     gate_up = torch.randn(tokens, 2 * 14336, dtype=dtype, device="cuda")
     assert_matches(kernels.silu_and_mul(gate_up), kernels.silu_and_mul_ref(gate_up), "silu_and_mul")
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5])
+def test_linear_gemv_and_cublas_paths_at_llama8b_shapes(rows) -> None:
+    """Up to GEMV_MAX_ROWS rows run the Triton GEMV, more run cuBLAS; both match the reference."""
+    for out_features, in_features, swiglu in ((6144, 4096, False), (4096, 14336, True), (4096, 4096, False)):
+        weight = torch.randn(out_features, in_features, dtype=torch.bfloat16, device="cuda") / in_features**0.5
+        x = torch.randn(rows, 2 * in_features if swiglu else in_features, dtype=torch.bfloat16, device="cuda")
+        bias = torch.randn(out_features, dtype=torch.bfloat16, device="cuda")
+        got = kernels.linear(x, weight, bias, silu_mul_input=swiglu)
+        assert_matches(got, kernels.linear_ref(x, weight, bias, silu_mul_input=swiglu), f"linear {rows} rows")
