@@ -7,7 +7,7 @@ Claims measured, all in one run on the same inputs:
   the same run; peers: the PyTorch reference, gather-then-SDPA over the paged pool (what an
   engine without a paged kernel does) and SDPA over a dense, contiguous KV cache (no paging);
 - extend/prefill attention: TFLOP/s against SDPA (causal flash over dense tensors);
-- fused small ops (RMSNorm, add+RMSNorm, rotary, SiLU-mul): GB/s against eager PyTorch;
+- fused small ops (RMSNorm, add+RMSNorm, rotary + KV store, SiLU-mul): GB/s against eager PyTorch;
 - a sweep of the decode and extend launch parameters, to justify the defaults;
 - the small-batch GEMV (``--sections gemv``): weight GB/s against cuBLAS (``F.linear``) at the
   projection shapes of Llama-3.1-8B and Qwen3-0.6B for 1-8 rows, and a launch-parameter sweep.
@@ -236,7 +236,10 @@ def elementwise_rows(bandwidth: float) -> list[dict]:
         x = torch.randn(tokens, HIDDEN, dtype=DTYPE, device=DEVICE)
         residual, weight = torch.randn_like(x), torch.rand(HIDDEN, dtype=DTYPE, device=DEVICE)
         qkv = torch.randn(tokens, 48, 128, dtype=DTYPE, device=DEVICE)
-        q, k = qkv[:, :32], qkv[:, 32:40]
+        q, k, v = qkv[:, :32], qkv[:, 32:40], qkv[:, 40:]
+        k_cache = torch.zeros(2 * tokens, 8, 128, dtype=DTYPE, device=DEVICE)
+        v_cache = torch.zeros_like(k_cache)
+        slots = torch.randperm(2 * tokens, device=DEVICE)[:tokens]
         positions = torch.randint(0, 8192, (tokens,), device=DEVICE)
         inv_freq = 1.0 / (500000.0 ** (torch.arange(0, 128, 2, device=DEVICE).float() / 128))
         cache = kernels.rotary_cos_sin_cache(inv_freq, 8192)
@@ -249,11 +252,11 @@ def elementwise_rows(bandwidth: float) -> list[dict]:
                 kernels.fused_add_rms_norm_ref,
                 (x, residual, weight, 1e-5),
             ),
-            "rotary": (
-                2 * (q.numel() + k.numel()) * 2,
-                kernels.apply_rotary_triton,
-                kernels.apply_rotary_ref,
-                (q, k, positions, cache),
+            "rotary_store_kv": (  # reads q, k, v; writes q and the K/V cache slots
+                2 * qkv.nbytes,
+                kernels.rotary_store_kv_triton,
+                kernels.rotary_store_kv_ref,
+                (q, k, v, positions, cache, k_cache, v_cache, slots),
             ),
             "silu_and_mul": (
                 gate_up.nbytes * 3 // 2,

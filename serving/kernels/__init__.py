@@ -33,9 +33,7 @@ from serving.kernels.reference import (
 )
 
 __all__ = [
-    "apply_rotary",
     "apply_rotary_ref",
-    "apply_rotary_triton",
     "decode_attention",
     "decode_attention_ref",
     "decode_attention_triton",
@@ -129,19 +127,6 @@ def fused_add_rms_norm_triton(
     return kernel(x, residual, weight, eps)
 
 
-def apply_rotary_triton(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    positions: torch.Tensor,
-    cos_sin_cache: torch.Tensor,
-    is_neox: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rotary embedding of q and k in one launch, returning new tensors; see ``apply_rotary_ref``."""
-    from serving.kernels.elementwise import apply_rotary_triton as kernel
-
-    return kernel(q, k, positions, cos_sin_cache, is_neox)
-
-
 def rotary_store_kv_triton(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -226,18 +211,6 @@ def fused_add_rms_norm(
     """``(rms_norm(x + residual), x + residual)``; see ``fused_add_rms_norm_ref``."""
     op = fused_add_rms_norm_triton if kernel_backend(x) == "triton" else fused_add_rms_norm_ref
     return op(x, residual, weight, eps)
-
-
-def apply_rotary(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    positions: torch.Tensor,
-    cos_sin_cache: torch.Tensor,
-    is_neox: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rotary embedding; returns new ``(q, k)`` tensors; see ``apply_rotary_ref``."""
-    op = apply_rotary_triton if kernel_backend(q) == "triton" else apply_rotary_ref
-    return op(q, k, positions, cos_sin_cache, is_neox)
 
 
 def rotary_store_kv(

@@ -1,5 +1,6 @@
-"""Fused small ops in Triton: RMSNorm, residual-add + RMSNorm, rotary embedding, SiLU-and-mul,
-and rotary + per-head q/k norm + KV store (everything between the qkv projection and attention).
+"""Fused small ops in Triton: RMSNorm, residual-add + RMSNorm, SiLU-and-mul, and ``rotary_store_kv``
+(per-head q/k norm, rotary embedding and the KV-cache write: everything between a layer's qkv
+projection and its attention, in one launch).
 
 Each saves a round trip through memory against the eager PyTorch sequence (which launches one
 kernel per elementwise op and writes every fp32 intermediate). All math is in fp32; results
@@ -153,53 +154,6 @@ def _token_angles(
     return cos, sin
 
 
-@triton.jit
-def _rotary_kernel(
-    q_ptr,
-    k_ptr,
-    q_out_ptr,
-    k_out_ptr,
-    positions_ptr,
-    cos_sin_ptr,
-    stride_qt,
-    stride_qh,
-    stride_kt,
-    stride_kh,
-    stride_qot,
-    stride_qoh,
-    stride_kot,
-    stride_koh,
-    stride_cache,
-    num_q_heads,
-    num_k_heads,
-    Q_BLOCKS: tl.constexpr,
-    HALF: tl.constexpr,
-    BLOCK_H: tl.constexpr,
-    BLOCK_HALF: tl.constexpr,
-    IS_NEOX: tl.constexpr,
-):
-    """One launch for q and k: head blocks below Q_BLOCKS are q's, the rest k's."""
-    token = tl.program_id(0).to(tl.int64)
-    head_block = tl.program_id(1)
-    cos, sin = _token_angles(positions_ptr, cos_sin_ptr, token, stride_cache, HALF, BLOCK_HALF)
-    if head_block < Q_BLOCKS:
-        first, second, offs_h, first_idx, second_idx, mask = _rotate_heads(
-            q_ptr, token, head_block, stride_qt, stride_qh, num_q_heads, cos, sin, q_ptr, 0.0,
-            False, HALF, BLOCK_H, BLOCK_HALF, IS_NEOX,
-        )  # fmt: skip
-        out_rows = q_out_ptr + token * stride_qot + offs_h[:, None] * stride_qoh
-        tl.store(out_rows + first_idx[None, :], first.to(q_out_ptr.dtype.element_ty), mask=mask)
-        tl.store(out_rows + second_idx[None, :], second.to(q_out_ptr.dtype.element_ty), mask=mask)
-    else:
-        first, second, offs_h, first_idx, second_idx, mask = _rotate_heads(
-            k_ptr, token, head_block - Q_BLOCKS, stride_kt, stride_kh, num_k_heads, cos, sin, k_ptr, 0.0,
-            False, HALF, BLOCK_H, BLOCK_HALF, IS_NEOX,
-        )  # fmt: skip
-        out_rows = k_out_ptr + token * stride_kot + offs_h[:, None] * stride_koh
-        tl.store(out_rows + first_idx[None, :], first.to(k_out_ptr.dtype.element_ty), mask=mask)
-        tl.store(out_rows + second_idx[None, :], second.to(k_out_ptr.dtype.element_ty), mask=mask)
-
-
 def _check_rotary_shapes(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos_sin_cache) -> None:
     head_dim = q.shape[-1]
     if head_dim % 2 or k.shape[-1] != head_dim or cos_sin_cache.shape[-1] != head_dim:
@@ -218,32 +172,6 @@ def _head_blocks(head_dim: int, num_q_heads: int, num_k_heads: int) -> tuple[int
     block_half = triton.next_power_of_2(head_dim // 2)
     block_h = max(1, min(triton.next_power_of_2(max(num_q_heads, num_k_heads)), 2048 // block_half))
     return block_half, block_h, triton.cdiv(num_q_heads, block_h), triton.cdiv(num_k_heads, block_h)
-
-
-def apply_rotary_triton(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    positions: torch.Tensor,
-    cos_sin_cache: torch.Tensor,
-    is_neox: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rotary embedding of q ``[T, H, D]`` and k ``[T, Hkv, D]`` in one launch; returns new tensors."""
-    _check_rotary_shapes(q, k, positions, cos_sin_cache)
-    q, k = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k))
-    if cos_sin_cache.stride(-1) != 1:
-        cos_sin_cache = cos_sin_cache.contiguous()
-    q_out, k_out = torch.empty_like(q), torch.empty_like(k)
-    block_half, block_h, q_blocks, k_blocks = _head_blocks(q.shape[-1], q.shape[1], k.shape[1])
-    if q.shape[0]:
-        _rotary_kernel[(q.shape[0], q_blocks + k_blocks)](
-            q, k, q_out, k_out, positions, cos_sin_cache,
-            q.stride(0), q.stride(1), k.stride(0), k.stride(1),
-            q_out.stride(0), q_out.stride(1), k_out.stride(0), k_out.stride(1),
-            cos_sin_cache.stride(0), q.shape[1], k.shape[1],
-            Q_BLOCKS=q_blocks, HALF=q.shape[-1] // 2, BLOCK_H=block_h, BLOCK_HALF=block_half,
-            IS_NEOX=is_neox, num_warps=4,
-        )  # fmt: skip
-    return q_out, k_out
 
 
 @triton.jit

@@ -186,22 +186,6 @@ def test_rms_norms_match_reference(dtype) -> None:
 
 @interpreted
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("is_neox", [True, False], ids=["neox", "gptj"])
-def test_rotary_matches_reference(dtype, is_neox) -> None:
-    head_dim = 32
-    inv_freq = 1.0 / (10000 ** (torch.arange(0, head_dim, 2).float() / head_dim))
-    cache = kernels.rotary_cos_sin_cache(inv_freq, 128)
-    qkv = torch.randn(7, 6 + 2 + 2, head_dim, dtype=dtype)
-    q, k = qkv[:, :6], qkv[:, 6:8]  # strided views, as split from a fused projection
-    positions = torch.tensor([0, 5, 127, 3, 64, 64, 1])
-    got_q, got_k = kernels.apply_rotary_triton(q, k, positions, cache, is_neox)
-    want_q, want_k = kernels.apply_rotary_ref(q, k, positions, cache, is_neox)
-    assert_close(got_q, want_q)
-    assert_close(got_k, want_k)
-
-
-@interpreted
-@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("qk_norm", [False, True], ids=["llama", "qwen3-qk-norm"])
 @pytest.mark.parametrize("is_neox", [True, False], ids=["neox", "gptj"])
 def test_rotary_store_kv_matches_reference(dtype, qk_norm, is_neox) -> None:
