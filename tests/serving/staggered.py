@@ -6,21 +6,30 @@ from collections.abc import Sequence
 
 from serving.engine import Engine
 from serving.sampling import SamplingParams
-from serving.sequence import GenerationRequest
+from serving.sequence import GenerationRequest, RequestOutput
 
 
-def engine_greedy(
-    engine: Engine, prompts: list[list[int]], arrival_steps: Sequence[int], max_tokens: int
-) -> list[list[int]]:
-    """Add prompt i before step ``arrival_steps[i]`` and step until every request finishes."""
-    params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
-    outputs: dict[str, list[int]] = {str(i): [] for i in range(len(prompts))}
+def staggered_outputs(
+    engine: Engine, prompts: list[list[int]], arrival_steps: Sequence[int], params: SamplingParams
+) -> list[list[RequestOutput]]:
+    """Add prompt i before step ``arrival_steps[i]``, step until every request finishes, and
+    return each request's outputs in order."""
+    outputs: dict[str, list[RequestOutput]] = {str(i): [] for i in range(len(prompts))}
     step = 0
     while step <= max(arrival_steps) or engine.has_work:
         for index, arrival in enumerate(arrival_steps):
             if arrival == step:
                 engine.add_request(GenerationRequest(str(index), prompts[index], params))
         for output in engine.step():
-            outputs[output.request_id].extend(output.new_token_ids)
+            outputs[output.request_id].append(output)
         step += 1
     return [outputs[str(i)] for i in range(len(prompts))]
+
+
+def engine_greedy(
+    engine: Engine, prompts: list[list[int]], arrival_steps: Sequence[int], max_tokens: int
+) -> list[list[int]]:
+    """Greedy output tokens of each prompt, the prompts joining at ``arrival_steps``."""
+    params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
+    results = staggered_outputs(engine, prompts, arrival_steps, params)
+    return [[token for output in outputs for token in output.new_token_ids] for outputs in results]
