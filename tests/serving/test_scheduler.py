@@ -117,3 +117,27 @@ def test_finish_and_abort_release_everything():
     assert scheduler.kv_pool.num_free == scheduler.kv_pool.capacity
     assert scheduler.req_pool.num_free == scheduler.max_running
     assert scheduler.schedule() is None
+
+
+def test_steady_decode_schedules_everyone_and_leaves_it_when_someone_waits():
+    """The all-decode fast path gives each running sequence one token, oldest first; a waiting
+    request, a prefill in progress or a short pool sends scheduling back through the general loop."""
+    scheduler = make_scheduler(num_slots=50, max_running=4, budget=16)  # 49 usable slots
+    add(scheduler, "a", 5, 0)
+    add(scheduler, "b", 6, 1)
+    run_step(scheduler)  # both prefilled (11 slots), both sampled
+    assert scheduler._all_decode_fits()
+    assert run_step(scheduler) == {"a": 1, "b": 1}
+    c = add(scheduler, "c", 20, 2)
+    assert not scheduler._all_decode_fits()  # c waits
+    assert run_step(scheduler) == {"a": 1, "b": 1, "c": 14}  # decodes first, then c's first chunk
+    assert not scheduler._all_decode_fits()  # c is still prefilling
+    assert run_step(scheduler) == {"a": 1, "b": 1, "c": 6}  # 37 slots used
+    fast_steps = 0
+    while scheduler._all_decode_fits():
+        assert run_step(scheduler) == {"a": 1, "b": 1, "c": 1}
+        fast_steps += 1
+    assert fast_steps == 4 and scheduler.kv_pool.num_free == 0  # 12 free slots, 3 a step
+    assert run_step(scheduler) == {"a": 1, "b": 1}  # c, the newest, is preempted for room
+    assert c.status is SequenceStatus.WAITING
+    assert_slot_table_consistent(scheduler)
