@@ -129,7 +129,8 @@ class DecodeGraphs:
     slot-table update, the forward and the logits all run inside the graph.
     """
 
-    # Rows of the static input buffer, and what padding entries hold in each.
+    # Rows of the static input buffer. Padding entries hold token 0, position 0, slot 0 (the
+    # padding slot), the runner's padding request row and length 1.
     FIELDS = ("input_ids", "positions", "out_cache_loc", "req_pool_indices", "seq_lens")
 
     def __init__(self, runner: ModelRunner, max_batch: int) -> None:
