@@ -46,6 +46,7 @@ from arena.decontam.pipeline import JudgeSettings, Match, ScanOptions, run_scan 
 from arena.decontam.scanner import StageConfig  # noqa: E402
 from benchmarks.common import machine_info, write_result  # noqa: E402
 from tests.decontam.fake_judge import FakeJudgeServer  # noqa: E402
+from tests.environment import SHARED_DATA  # noqa: E402
 
 logger = logging.getLogger("benchmarks.decontam")
 
@@ -92,8 +93,7 @@ class CachingEmbedder(Embedder):
 
 
 def shared_data() -> Path:
-    base = Path(os.environ.get("ARENA_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
-    path = base / "decontam"
+    path = SHARED_DATA / "decontam"
     if not path.is_dir():
         raise SystemExit(f"shared decontam data not found at {path} (set ARENA_SHARED_DATA)")
     return path

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -27,10 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from arena.judge.cli import app  # noqa: E402
 from benchmarks.common import write_result  # noqa: E402
+from tests.environment import SHARED_DATA  # noqa: E402
 from tests.fake_openai import FakeOpenAI  # noqa: E402
 from tests.judge.conftest import MODELS, Scenario, question_ids, write_registry  # noqa: E402
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 STEPS = [
     ("single", ["--mode", "single"]),
     ("single, rerun", ["--mode", "single"]),
@@ -49,7 +48,7 @@ def invoke(*args: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    default_data = Path(os.environ.get("ARENA_SHARED_DATA", REPO_ROOT.parent / "shared" / "data")) / "mt_bench"
+    default_data = SHARED_DATA / "mt_bench"
     parser.add_argument("--data-dir", type=Path, default=default_data, help="MT-bench question/prompt files")
     args = parser.parse_args()
 

@@ -24,9 +24,10 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from tests.environment import unavailable
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN_URL = os.environ.get("ARENA_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-SHARED_DATA = Path(os.environ.get("ARENA_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 ARTIFACTS = REPO_ROOT / "test-artifacts"
 CHROMIUM = Path(shutil.which("chromium") or "/usr/bin/chromium")
 # As the machine's own probe starts it: headless, as root, with no network chatter.
@@ -70,9 +71,7 @@ def fresh_postgres_database(prefix: str) -> Iterator[str]:
     """
     reason = _postgres_reachable()
     if reason:
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
+        unavailable(reason)
     from arena.db.session import get_engine
 
     name = f"{prefix}_{uuid.uuid4().hex[:10]}"
@@ -137,9 +136,7 @@ def artifacts_dir() -> Path:
 def browser():  # type: ignore[no-untyped-def]
     """Debian chromium driven by Playwright, one per test module (sync Playwright can't nest)."""
     if not CHROMIUM.exists():
-        if os.environ.get("CI"):
-            pytest.fail(f"{CHROMIUM} is missing: .ci/run installs Debian's chromium")
-        pytest.skip(f"Debian chromium is not installed at {CHROMIUM} (apt-get install chromium)")
+        unavailable(f"Debian chromium is not installed at {CHROMIUM} (apt-get install chromium; .ci/run does)")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:

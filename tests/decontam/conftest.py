@@ -7,13 +7,14 @@ from pathlib import Path
 import pytest
 
 from tests.decontam.helpers import shared_decontam_dir
+from tests.environment import unavailable
 
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     path = shared_decontam_dir()
     if not path.is_dir():
-        pytest.skip(f"shared decontam data not found at {path} (set ARENA_SHARED_DATA)")
+        unavailable(f"shared decontam data not found at {path} (set ARENA_SHARED_DATA)")
     return path
 
 

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
-from arena.config import REPO_ROOT
+from tests.environment import SHARED_DATA
 
 
 def shared_decontam_dir() -> Path:
     """../shared/data/decontam beside the repository, or under $ARENA_SHARED_DATA."""
-    base = Path(os.environ.get("ARENA_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
-    return base / "decontam"
+    return SHARED_DATA / "decontam"
 
 
 def read_texts(path: Path, limit: int | None = None, field: str = "text") -> list[str]:

@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-
 from arena.decontam.pipeline import ScanOptions, run_scan
 from arena.decontam.scanner import StageConfig
 from tests.decontam.helpers import read_texts, write_jsonl
+from tests.environment import unavailable
 
-ray = pytest.importorskip("ray", reason="ray is not installed (extra 'decontam')")
+try:
+    import ray
+except ImportError:
+    unavailable("ray is not installed (extra 'decontam')")
 
 
 def test_ray_executor_matches_local(data_dir: Path, tmp_path: Path):

@@ -18,7 +18,6 @@ A second judge, ``judge-fair``, has no position bias: gamma beats beta in both o
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import threading
@@ -27,9 +26,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.environment import SHARED_DATA, unavailable
 from tests.fake_openai import ChatRequest, FakeOpenAI, Reply
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 MODELS = ("alpha", "beta", "gamma")
 SCORES = {"ALPHA": 8, "GAMMA": 6, "BETA": 4}
 PADDING = {"alpha": 30, "beta": 5, "gamma": 60}
@@ -37,16 +36,11 @@ REFUSAL = "I'm sorry, but I can't help with evaluating this."
 ANSWER_PATTERN = re.compile(r"([A-Z]+) answers question (\d+) turn (\d+)")
 
 
-def shared_mt_bench_dir() -> Path:
-    root = Path(os.environ.get("ARENA_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
-    return root / "mt_bench"
-
-
 @pytest.fixture(scope="session")
 def mt_bench_dir() -> Path:
-    folder = shared_mt_bench_dir()
+    folder = SHARED_DATA / "mt_bench"
     if not (folder / "question.jsonl").is_file():
-        pytest.skip(f"MT-bench test data not found at {folder} (set ARENA_SHARED_DATA)")
+        unavailable(f"MT-bench test data not found at {folder} (set ARENA_SHARED_DATA)")
     return folder
 
 

