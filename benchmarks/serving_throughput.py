@@ -226,11 +226,8 @@ def run_ours(
 def warm_up(engine: Engine, prompts: list[list[int]]) -> None:
     """Run the prompts for a few tokens, untimed: Triton compiles a kernel per specialisation
     (argument values divisible by 16 or equal to 1) on first use, which a timed run must not pay."""
-    for index, prompt in enumerate(prompts):
-        params = SamplingParams(temperature=0, max_tokens=4, ignore_eos=True)
-        engine.add_request(GenerationRequest(f"warm-up-{index}", prompt, params))
-    while engine.has_work:
-        engine.step()
+    params = SamplingParams(temperature=0, max_tokens=4, ignore_eos=True)
+    engine.generate([GenerationRequest(f"warm-up-{i}", prompt, params) for i, prompt in enumerate(prompts)])
 
 
 def profile_decode(engine: Engine, prompts: list[list[int]], steps: int = 20) -> dict:
@@ -436,7 +433,7 @@ def main(argv: list[str] | None = None) -> None:
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     report = {
-        "model": args.model if not args.smoke else "smoke",
+        "model": model_name,
         "machine": machine_info(device),
         "hbm_bandwidth_gbs": bandwidth / 1e9,
         "prompt_range": [args.prompt_min, args.prompt_max],

@@ -94,7 +94,7 @@ class Engine:
         self.eos_token_ids = eos_token_ids(config.model_path, model_config, self.tokenizer)
         dtype = config.torch_dtype()
         if model is None:
-            model = load_model(config.model_path, config.device, dtype, self.max_context)
+            model = load_model(config.model_path, config.device, dtype, self.max_context, model_config)
         num_slots = self._num_slots(model_config, dtype)
         self.max_context = min(self.max_context, num_slots - 1)
         use_graphs = config.device.startswith("cuda") if config.cuda_graphs is None else config.cuda_graphs

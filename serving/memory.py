@@ -49,8 +49,6 @@ class ReqToTokenPool:
     """Rows of ``req_to_token[max_reqs, max_context]`` (int32) handed out to live requests."""
 
     def __init__(self, max_reqs: int, max_context: int, device: torch.device | str) -> None:
-        self.max_reqs = max_reqs
-        self.max_context = max_context
         self.req_to_token = torch.zeros((max_reqs, max_context), dtype=torch.int32, device=device)
         self._free_rows = list(range(max_reqs - 1, -1, -1))
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
@@ -38,7 +39,7 @@ class ScheduledBatch:
     # runner writes them into req_to_token at (request row, position) before attention reads it.
     out_cache_loc: torch.Tensor
 
-    @property
+    @cached_property
     def is_decode(self) -> bool:
         return all(n == 1 for n in self.num_new_tokens)
 
@@ -95,7 +96,7 @@ class Scheduler:
                 continue
             chosen.append((seq, count))
             budget -= count
-            self._reserve(count)
+            self._reserved += count
         if self.num_preemptions == preemptions_before:  # memory is tight: admit nobody new
             self._admit_waiting(budget, chosen)
         if not chosen:
@@ -110,7 +111,7 @@ class Scheduler:
             not self.waiting
             and bool(running)
             and len(running) <= min(self.max_batch_tokens, self.kv_pool.num_free)
-            and all(len(seq.token_ids) - seq.num_cached == 1 for seq in running)
+            and all(seq.num_uncached == 1 for seq in running)
         )
 
     def _admit_waiting(self, budget: int, chosen: list[tuple[Sequence, int]]) -> None:
@@ -126,10 +127,7 @@ class Scheduler:
             self.running.append(seq)
             chosen.append((seq, count))
             budget -= count
-            self._reserve(count)
-
-    def _reserve(self, count: int) -> None:
-        self._reserved += count
+            self._reserved += count
 
     def _free_slots(self) -> int:
         return self.kv_pool.num_free - self._reserved

@@ -60,10 +60,6 @@ class Sequence:
         return len(self.token_ids) - self.num_prompt_tokens
 
     @property
-    def output_token_ids(self) -> list[int]:
-        return self.token_ids[self.num_prompt_tokens :]
-
-    @property
     def num_uncached(self) -> int:
         """Tokens still to run through the model before the next sample."""
         return len(self.token_ids) - self.num_cached

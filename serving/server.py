@@ -143,7 +143,9 @@ class Collected:
         self.num_output_tokens = output.num_output_tokens
 
 
-def _usage(prompt_tokens: int, completion_tokens: int) -> dict:
+def _usage(counts: Collected | RequestOutput) -> dict:
+    """OpenAI's usage object from a finished request's token counts."""
+    prompt_tokens, completion_tokens = counts.num_prompt_tokens, counts.num_output_tokens
     return {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
@@ -159,8 +161,7 @@ def _envelope(request: GenerationRequest, object_name: str, created: int, model:
 def _completion_response(object_name: str, request: GenerationRequest, model: str, choice: dict,
                          result: Collected) -> dict:
     """The non-streaming response body: one choice plus token usage."""
-    usage = _usage(result.num_prompt_tokens, result.num_output_tokens)
-    return _envelope(request, object_name, int(time.time()), model, [choice]) | {"usage": usage}
+    return _envelope(request, object_name, int(time.time()), model, [choice]) | {"usage": _usage(result)}
 
 
 async def _collect(engine: AsyncEngine, request: GenerationRequest, http_request: Request) -> Collected:
@@ -390,11 +391,7 @@ async def _stream_chat(
         if output.finished:
             yield _sse(chunk({}, output.finish_reason))
     if last is not None and body.include_usage_in_stream:
-        usage_chunk = chunk({}) | {
-            "choices": [],
-            "usage": _usage(last.num_prompt_tokens, last.num_output_tokens),
-        }
-        yield _sse(usage_chunk)
+        yield _sse(chunk({}) | {"choices": [], "usage": _usage(last)})
     yield _sse("[DONE]")
 
 
@@ -423,11 +420,7 @@ async def _stream_completion(
         if output.text or logprobs or output.finished:
             yield _sse(chunk(output.text, output.finish_reason, logprobs))
     if last is not None and body.include_usage_in_stream:
-        usage_chunk = chunk("") | {
-            "choices": [],
-            "usage": _usage(last.num_prompt_tokens, last.num_output_tokens),
-        }
-        yield _sse(usage_chunk)
+        yield _sse(chunk("") | {"choices": [], "usage": _usage(last)})
     yield _sse("[DONE]")
 
 

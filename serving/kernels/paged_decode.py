@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-_LOG2E = 1.4426950408889634
+LOG2E = 1.4426950408889634
 _MAX_SPLITS = 16
 
 
@@ -222,7 +222,7 @@ def decode_attention_triton(
     precision = "ieee" if q.dtype == torch.float32 else "tf32"
     _decode_partial_kernel[(batch, num_kv_heads * head_blocks, splits)](
         q, k_cache, v_cache, req_to_token, req_pool_indices, seq_lens, mid_out, mid_lse,
-        scale * _LOG2E,
+        scale * LOG2E,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1),
         v_cache.stride(0), v_cache.stride(1), req_to_token.stride(0), req_to_token.stride(1),
         mid_out.stride(0), mid_out.stride(1), mid_out.stride(2), mid_lse.stride(0), mid_lse.stride(1),

@@ -12,9 +12,8 @@ import torch
 import triton
 import triton.language as tl
 
-from serving.kernels.paged_decode import check_attention_inputs
+from serving.kernels.paged_decode import LOG2E, check_attention_inputs
 
-_LOG2E = 1.4426950408889634
 # (block_m, block_n, num_warps, num_stages) the benchmark sweeps and the GPU tests verify;
 # the first is the default on CUDA.
 LAUNCH_VARIANTS = (
@@ -201,7 +200,7 @@ def extend_attention_triton(
     precision = "ieee" if q.dtype == torch.float32 else "tf32"
     _extend_kernel[grid](
         q, k_cache, v_cache, out, req_to_token, req_pool_indices, seq_lens, extend_lens, q_start,
-        scale * _LOG2E,
+        scale * LOG2E,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), v_cache.stride(0), v_cache.stride(1),
         out.stride(0), out.stride(1), req_to_token.stride(0), req_to_token.stride(1),
         GROUP=group, HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=block_m, BLOCK_N=block_n,

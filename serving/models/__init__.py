@@ -140,21 +140,16 @@ def _copy_tensor(
     return param_name
 
 
-def init_dummy_weights(model: LlamaForCausalLM, seed: int = 0) -> None:
-    """Fill weights with small random values (benchmarks of real shapes without checkpoints)."""
-    generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
-    for name, param in model.named_parameters():
-        if name.endswith("norm.weight"):
-            param.data.fill_(1.0)
-            continue
-        param.data.normal_(0.0, 0.02, generator=generator)
-
-
 def load_model(
-    path: str | Path, device: torch.device | str, dtype: torch.dtype, max_positions: int | None = None
+    path: str | Path,
+    device: torch.device | str,
+    dtype: torch.dtype,
+    max_positions: int | None = None,
+    config=None,
 ) -> LlamaForCausalLM:
-    """Load a local HF checkpoint directory into our modules on ``device`` in ``dtype``."""
-    config = load_config(path)
+    """Load a local HF checkpoint directory into our modules on ``device`` in ``dtype``
+    (``config``: its already-read config.json, else read here)."""
+    config = config or load_config(path)
     positions = max_positions or config.max_position_embeddings
     model = build_model(config, device, dtype, positions)
     load_weights(model, path)
