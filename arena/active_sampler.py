@@ -37,16 +37,15 @@ class ActivePairSampler:
     def plan(self, names: Sequence[str]) -> PairWeights:
         """Pair probabilities for ``names``, recomputed when older than ``refresh_s`` or the models changed."""
         key = tuple(sorted(names))
-        with self._lock:
+        with self._lock:  # held while refreshing, so concurrent requests refresh once, not each
             if self._plan and self._plan[1] == key and self.clock() - self._plan[0] < self.refresh_s:
                 return self._plan[2]
-        with self.sessions() as session:
-            grouped = grouped_pair_votes(session)
-        known = grouped["model_a"].isin(key) & grouped["model_b"].isin(key)
-        weights = active_pair_weights(pair_counts_from_grouped(grouped[known.to_numpy(bool)], models=list(key)))
-        with self._lock:
+            with self.sessions() as session:
+                grouped = grouped_pair_votes(session)
+            known = grouped["model_a"].isin(key) & grouped["model_b"].isin(key)
+            weights = active_pair_weights(pair_counts_from_grouped(grouped[known.to_numpy(bool)], models=list(key)))
             self._plan = (self.clock(), key, weights)
-        return weights
+            return weights
 
     def sample(self, models: Sequence[ModelSpec], rng: random.Random) -> tuple[str, str, dict[str, float]]:
         from arena.battles import ArenaError

@@ -368,7 +368,6 @@ class ArenaService:
             asyncio.create_task(self._pump(side, model, history, queue))
             for side, (model, history) in histories.items()
         ]
-        results: dict[str, object] = {}
         try:
             pending = len(tasks)
             while pending:
@@ -380,13 +379,12 @@ class ArenaService:
                     states[side].done = True
                     if error is not None:
                         states[side].error = _describe_error(error)
-                    results[side] = error
                 yield TurnUpdate(sides=states)
         finally:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            status = self._finish_turn(battle_id, turn, histories, states, tasks)
+            status = self._finish_turn(battle_id, turn, states, tasks)
         yield TurnUpdate(sides=states, done=True, status=status)
 
     async def _pump(
@@ -421,7 +419,6 @@ class ArenaService:
         self,
         battle_id: str,
         turn: int,
-        histories: dict[str, tuple[str, list[dict[str, str]]]],
         states: dict[str, SideState],
         tasks: list[asyncio.Task[ChatResult | None]],
     ) -> str:
@@ -526,17 +523,6 @@ class ArenaService:
         raise ConflictError(_status_message(battle.status))
 
     # -- reading -------------------------------------------------------------------------------
-
-    def vote_counts(self) -> list[tuple[str, int]]:
-        """How many votes each model has been in, most first."""
-        with self.sessions() as session:
-            counts: dict[str, int] = {}
-            for model_a, model_b in session.execute(
-                select(Battle.model_a, Battle.model_b).join(Vote, Vote.battle_id == Battle.id)
-            ):
-                counts[model_a] = counts.get(model_a, 0) + 1
-                counts[model_b] = counts.get(model_b, 0) + 1
-        return sorted(counts.items(), key=lambda item: (-item[1], item[0]))
 
     def get_battle(self, battle_id: str) -> BattleView:
         """A battle as anyone holding its (random, unguessable) id may see it: names hidden until voted."""

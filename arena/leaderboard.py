@@ -18,7 +18,6 @@ Pages read snapshots only, so a request never recomputes anything.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -56,7 +55,7 @@ from arena.ranking import (
 )
 from arena.ranking.anomalies import flag_anomalous_voters
 from arena.ranking.categories import build_language_detector, tag_battle
-from arena.ranking.style import STYLE_FEATURES, fit_style_rounds, prepare_style_data, row_resample_weights
+from arena.ranking.style import STYLE_FEATURES, bootstrap_style_bt, prepare_style_data
 
 logger = logging.getLogger(__name__)
 
@@ -249,7 +248,7 @@ def _style_frame(votes: pd.DataFrame) -> pd.DataFrame:
 def _plain_table(grouped: pd.DataFrame, options: LeaderboardOptions) -> tuple[pd.DataFrame, Any]:
     counts = pair_counts_from_grouped(grouped[["model_a", "model_b", "winner", "count"]])
     fit = fit_bt(counts, LEADERBOARD_BT, options.scale)
-    samples = bootstrap_bt(counts, options.rounds, options.seed, LEADERBOARD_BT, options.scale)
+    samples = bootstrap_bt(counts, options.rounds, options.seed, LEADERBOARD_BT, options.scale, point=fit)
     se = sandwich_se(counts, fit, LEADERBOARD_BT, options.scale)
     return leaderboard_table(fit.ratings, samples, counts.votes_per_model(), se), counts
 
@@ -258,9 +257,7 @@ def _style_table(battles: pd.DataFrame, options: LeaderboardOptions) -> tuple[pd
     config = StyleConfig()
     data = prepare_style_data(battles, config)
     fit = fit_style_bt(data, config, options.scale)
-    rng = np.random.default_rng(options.seed)
-    samples = fit_style_rounds(data, lambda g: row_resample_weights(data.n_rows, g, rng), options.rounds,
-                               config, options.scale, warm_start=fit)
+    samples = bootstrap_style_bt(data, options.rounds, options.seed, config, options.scale, point=fit)
     votes = pd.concat([battles["model_a"], battles["model_b"]]).value_counts()
     return leaderboard_table(fit.ratings, samples, votes), fit.coefficients.round(4).to_dict()
 
@@ -421,21 +418,3 @@ def _known_categories(session: Session) -> list[str]:
     ).first()
     return list(latest.payload.get("categories", [OVERALL])) if latest else [OVERALL]
 
-
-def prune_snapshots(session: Session, keep: int = 50, categories: Iterable[str] | None = None) -> int:
-    """Delete all but the newest ``keep`` snapshots per (category, style); returns how many went."""
-    removed = 0
-    pairs = session.execute(select(LeaderboardSnapshot.category, LeaderboardSnapshot.style_control).distinct()).all()
-    for category, style_control in pairs:
-        if categories is not None and category not in set(categories):
-            continue
-        stale = session.scalars(
-            select(LeaderboardSnapshot)
-            .where(LeaderboardSnapshot.category == category, LeaderboardSnapshot.style_control.is_(style_control))
-            .order_by(LeaderboardSnapshot.created_at.desc(), LeaderboardSnapshot.id.desc())
-            .offset(keep)
-        ).all()
-        for snapshot in stale:
-            session.delete(snapshot)
-        removed += len(stale)
-    return removed

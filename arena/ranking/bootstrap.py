@@ -54,9 +54,13 @@ def bootstrap_bt(
     seed: int | None = 0,
     config: BTConfig | None = None,
     scale: RatingScale | None = None,
+    point: BTFit | None = None,
 ) -> pd.DataFrame:
-    """Bootstrap Bradley-Terry ratings: a (rounds x models) DataFrame in Elo points."""
-    point = fit_bt(counts, config, scale)
+    """Bootstrap Bradley-Terry ratings: a (rounds x models) DataFrame in Elo points.
+
+    Pass the ``point`` fit when you have it, to skip refitting (it warm-starts every round).
+    """
+    point = point or fit_bt(counts, config, scale)
     cells = multinomial_cells(counts, rounds, np.random.default_rng(seed))
     return fit_bt_rounds(counts, cells, config, scale, warm_start=point)
 

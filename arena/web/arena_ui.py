@@ -32,9 +32,9 @@ CSS = """
 def build_arena_ui(
     service: ArenaService,
     identity: VisitorIdentity,
-    leaderboard_tab: Callable[[], None] | None = None,
+    leaderboard_tab: Callable[[], None],
 ) -> gr.Blocks:
-    """The whole page; ``leaderboard_tab`` renders the leaderboard tab's content when given."""
+    """The whole page; ``leaderboard_tab`` renders the leaderboard tab's content."""
     with gr.Blocks(title="Arena: chat with two anonymous models and vote") as blocks:
         gr.Markdown(
             "# ⚔️ Arena\nAsk anything. Two anonymous models answer side by side; vote for the better "
@@ -50,10 +50,7 @@ def build_arena_ui(
             with gr.Tab("💬 Direct chat", id="chat"):
                 _chat_panel(service, identity)
             with gr.Tab("🏆 Leaderboard", id="leaderboard"):
-                if leaderboard_tab is not None:
-                    leaderboard_tab()
-                else:
-                    _vote_summary_panel(service)
+                leaderboard_tab()
     return blocks
 
 
@@ -253,20 +250,3 @@ def _chat_panel(service: ArenaService, identity: VisitorIdentity) -> None:
     send.click(on_send, [prompt, conversation_id, model, chat], outputs, concurrency_limit=None)
     prompt.submit(on_send, [prompt, conversation_id, model, chat], outputs, concurrency_limit=None)
     model.change(lambda: ([], "", None, ""), None, outputs)
-
-
-# ----------------------------------------------------------------------------- leaderboard
-
-
-def _vote_summary_panel(service: ArenaService) -> None:
-    """Votes per model so far, said plainly; ratings appear once the leaderboard is computed."""
-
-    def render() -> str:
-        counts = service.vote_counts()
-        if not counts:
-            return "### No votes yet\nVote in a few battles and the models' standings will appear here."
-        rows = "\n".join(f"| {name} | {n} |" for name, n in counts)
-        return f"### Votes so far\n| Model | Votes |\n|---|---|\n{rows}"
-
-    summary = gr.Markdown(value=render, elem_id="leaderboard-summary")
-    gr.Button("Refresh", elem_id="leaderboard-refresh").click(render, None, summary)
