@@ -214,16 +214,18 @@ def run_export(
     state = _prepare_out(options, spec.name, fingerprint)
     models = allowed_models(engine, options.policy, options.filters.models)
     source = spec.make_source(engine, options.filters, models)
+    total: int | None = None  # rows of a fresh export, counted once
     if state is None:
         state = ExportState(spec.name, fingerprint, stats=new_stats())
-        state.dedup_capacity = max(source.count(), 1)
+        total = source.count()
+        state.dedup_capacity = max(total, 1)
     elif state.complete:
         logger.info("%s is already complete (%d rows); nothing to do", options.out, state.rows_written)
         return _result(options.out, state)
     if not models:
         logger.warning("no model passes the release policy (%s)", options.policy.describe())
     dedup = _load_dedup(options, state)
-    remaining = source.count(state.cursor) if models else 0
+    remaining = (total if total is not None else source.count(state.cursor)) if models else 0
     logger.info("exporting %s to %s: %d %s to read", spec.name, options.out, remaining, spec.name)
     batches = source.batches(state.cursor, options.batch_size) if models else iter(())
     config = WorkerConfig(

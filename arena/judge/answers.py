@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 import uuid
 from collections.abc import Callable
@@ -21,7 +20,7 @@ from typing import Any
 from arena.judge.calls import CallPolicy, chat_with_backoff
 from arena.judge.costs import UsageMeter
 from arena.judge.questions import Question
-from arena.judge.store import JsonlStore
+from arena.judge.store import JsonlStore, safe_name
 from arena.providers import ChatClient, ModelSpec, ProviderError
 
 logger = logging.getLogger(__name__)
@@ -31,7 +30,7 @@ ANSWER_DIR = "model_answer"
 
 def answer_file(out_dir: Path, model: str) -> Path:
     """Where a model's answers live; the model name is made file-system safe."""
-    return Path(out_dir) / ANSWER_DIR / f"{re.sub(r'[^A-Za-z0-9._-]+', '_', model)}.jsonl"
+    return Path(out_dir) / ANSWER_DIR / f"{safe_name(model)}.jsonl"
 
 
 def open_answers(out_dir: Path, model: str) -> JsonlStore:

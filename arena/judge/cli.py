@@ -38,7 +38,7 @@ from arena.judge.judging import (
     run_judgments,
 )
 from arena.judge.prompts import PromptSet
-from arena.judge.questions import DataFileError, Question, load_benchmark, resolve_source
+from arena.judge.questions import DataFileError, DataSource, Question, load_benchmark, resolve_source
 from arena.judge.results import (
     pairwise_outcomes,
     results_stem,
@@ -137,10 +137,11 @@ def _user_errors() -> Iterator[None]:
 
 def _load_questions(
     data_dir: Path | None, questions: Path | None, limit: int | None
-) -> tuple[list[Question], str]:
+) -> tuple[list[Question], DataSource]:
+    """The (first ``limit``) questions and the source they came from."""
     source = resolve_source(data_dir, questions)
     loaded = load_benchmark(source)
-    return (loaded[:limit] if limit else loaded), source.describe
+    return (loaded[:limit] if limit else loaded), source
 
 
 def _policy(concurrency: int, timeout: float, attempts: int, backoff: float) -> CallPolicy:
@@ -166,8 +167,8 @@ def _print_usage(console: Console, meter: UsageMeter, prices: PriceTable) -> lis
 def questions_command(data_dir: DataDir = None, questions: QuestionsFile = None) -> None:
     """List the question source and how many questions each category has."""
     with _user_errors():
-        loaded, describe = _load_questions(data_dir, questions, None)
-    _console().print(tables.questions_table(loaded, describe))
+        loaded, source = _load_questions(data_dir, questions, None)
+    _console().print(tables.questions_table(loaded, source.describe))
 
 
 @mt_bench.command("gen-answers")
@@ -200,9 +201,9 @@ def gen_answers_command(
             raise ValueError("name at least one --model")
         registry = load_registry(models_file)
         specs = [registry[name] for name in model]
-        loaded, describe = _load_questions(data_dir, questions, limit)
+        loaded, source = _load_questions(data_dir, questions, limit)
         price_table = PriceTable.load(prices)
-    console.print(f"{len(loaded)} questions from {describe}; answers in {out_dir}")
+    console.print(f"{len(loaded)} questions from {source.describe}; answers in {out_dir}")
     meter = UsageMeter()
     policy = _policy(concurrency, timeout, max_attempts, backoff)
 
@@ -239,8 +240,7 @@ def _plan(
     questions: Path | None,
     limit: int | None,
 ) -> tuple[TaskPlan, list[Question], str]:
-    loaded, describe = _load_questions(data_dir, questions, limit)
-    source = resolve_source(data_dir, questions)
+    loaded, source = _load_questions(data_dir, questions, limit)
     prompts = PromptSet.from_jsonl(source.judge_prompts)
     names = list(models or answered_models(out_dir))
     if baseline and baseline not in names:
@@ -250,7 +250,8 @@ def _plan(
     if mode is not Mode.SINGLE and len(names) < 2:
         raise ValueError(f"{mode.value} needs answers from at least two models")
     answers = {name: load_answer_turns(out_dir, name) for name in names}
-    return plan_tasks(mode, loaded, answers, prompts, judge, baseline=baseline, swap=swap), loaded, describe
+    plan = plan_tasks(mode, loaded, answers, prompts, judge, baseline=baseline, swap=swap)
+    return plan, loaded, source.describe
 
 
 @mt_bench.command("judge")
@@ -406,11 +407,13 @@ def agreement_command(
     with _user_errors():
         plan, loaded, _ = _plan(out_dir, mode, judge, model, baseline, True, data_dir, questions, None)
         store = open_judgments(out_dir)
-        outcomes = _judge_outcomes(plan, store, mode)
         if mode is Mode.SINGLE:
-            report["length_bias"] = agreement_lib.length_bias_single(single_scores(plan, store))
+            scores = single_scores(plan, store)
+            outcomes = agreement_lib.outcomes_from_scores(scores)
+            report["length_bias"] = agreement_lib.length_bias_single(scores)
         else:
             pairs = pairwise_outcomes(plan, store)
+            outcomes = agreement_lib.outcomes_from_pairwise(pairs)
             report["position_consistency"] = agreement_lib.position_consistency(pairs)
             report["length_bias"] = agreement_lib.length_bias_pairwise(pairs)
         if other_judge:
@@ -418,7 +421,8 @@ def agreement_command(
             other_plan, _, _ = _plan(
                 other_dir, mode, other_judge, model, baseline, True, data_dir, questions, None
             )
-            other = _judge_outcomes(other_plan, open_judgments(other_dir), mode)
+            other_store = store if other_dir == out_dir else open_judgments(other_dir)
+            other = _judge_outcomes(other_plan, other_store, mode)
             report["vs_judge"] = {"other_judge": other_judge, **agreement_lib.agreement(outcomes, other)}
         if human:
             from arena.db.session import get_engine

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections import defaultdict
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -20,7 +19,7 @@ import pandas as pd
 
 from arena.config import REPO_ROOT
 from arena.judge.judging import OK, UNPARSEABLE, JudgeTask, Mode, TaskPlan
-from arena.judge.store import JsonlStore
+from arena.judge.store import JsonlStore, safe_name
 
 RESULTS_DIR = "results"
 OUT_DIR_ENV = "ARENA_MT_BENCH_DIR"
@@ -32,13 +31,9 @@ def default_out_dir() -> Path:
     return Path(os.environ.get(OUT_DIR_ENV) or REPO_ROOT / "data" / "runs" / "mt_bench")
 
 
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
-
-
 def results_stem(out_dir: Path, mode: Mode, judge: str) -> Path:
     """``<out>/results/<mode>__<judge>``; add .json, .csv or .png."""
-    return Path(out_dir) / RESULTS_DIR / f"{mode.value}__{_safe(judge)}"
+    return Path(out_dir) / RESULTS_DIR / f"{mode.value}__{safe_name(judge)}"
 
 
 def single_scores(plan: TaskPlan, store: JsonlStore) -> pd.DataFrame:

@@ -12,11 +12,17 @@ import fcntl
 import json
 import logging
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 logger = logging.getLogger(__name__)
+
+
+def safe_name(name: str) -> str:
+    """``name`` usable as a file name: runs of other characters than letters, digits, ``._-`` become ``_``."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
 
 
 class StoreError(ValueError):
