@@ -96,21 +96,80 @@ class SampleResult:
     logprobs: list[TokenLogprobs | None]
 
 
+class PendingSample:
+    """A batch's sampled tokens while they travel to the host.
+
+    ``tokens`` (on the model's device) can feed the next decode step before the host has read
+    them; :meth:`result` waits for this batch's sampling only, not for work queued after it
+    (the copies to the host are asynchronous, behind an event).
+    """
+
+    def __init__(
+        self,
+        tokens: torch.Tensor,
+        logprob_rows: list[int],
+        logprob_tensors: tuple[torch.Tensor, ...],
+        params: list[SamplingParams],
+    ) -> None:
+        self.tokens = tokens
+        self._params = params
+        self._rows = logprob_rows
+        self._host = [t.to("cpu", non_blocking=True) for t in (tokens, *logprob_tensors)]
+        self._ready: torch.cuda.Event | None = None
+        if tokens.is_cuda:
+            self._ready = torch.cuda.Event()
+            self._ready.record()
+
+    def result(self) -> SampleResult:
+        """Token ids and logprobs as Python values (blocks until this batch's sampling is done)."""
+        if self._ready is not None:
+            self._ready.synchronize()
+        chosen, *logprob_parts = (t.tolist() for t in self._host)
+        logprobs: list[TokenLogprobs | None] = [None] * len(self._params)
+        if self._rows:
+            chosen_lp, top_values, top_ids = logprob_parts
+            for k, row in enumerate(self._rows):
+                n = self._params[row].logprobs or 0
+                top = list(zip(top_ids[k][:n], top_values[k][:n], strict=True))
+                logprobs[row] = TokenLogprobs(chosen[row], chosen_lp[k], top)
+        return SampleResult(chosen, logprobs)
+
+
+def argmax_rows(logits: torch.Tensor) -> torch.Tensor:
+    """Row-wise argmax (the first index of the maximum, as ``torch.argmax``).
+
+    For a few long rows it reduces in two stages, the maximum of each of up to 256 chunks and
+    then the best chunk: a single reduction kernel per row leaves most of the GPU idle (one row
+    of Llama-3's 128k vocabulary: 28 us on an H100, about 0.5% of a batch-1 step of the 8B).
+    """
+    rows, vocab = logits.shape
+    chunks = next((c for c in (256, 128, 64, 32) if vocab % c == 0 and vocab // c >= 64), 1)
+    if rows > 8 or chunks == 1:
+        return logits.argmax(dim=-1)
+    values, within = logits.reshape(rows, chunks, vocab // chunks).max(dim=-1)
+    best_chunk = values.argmax(dim=-1, keepdim=True)
+    return (best_chunk * (vocab // chunks) + within.gather(1, best_chunk)).squeeze(1)
+
+
 class Sampler:
     """Turns a ``[N, V]`` logits batch into one token per row, honouring each row's params."""
 
     def __call__(self, logits: torch.Tensor, requests: Sequence[SamplingRequest]) -> SampleResult:
+        return self.launch(logits, requests).result()
+
+    def launch(self, logits: torch.Tensor, requests: Sequence[SamplingRequest]) -> PendingSample:
+        """Queue the sampling of ``logits`` on their device; read the result from the return value."""
         params = [r.params for r in requests]
         raw_logits = logits
         if all(p.is_greedy and not p.has_penalties for p in params):
-            chosen = logits.argmax(dim=-1)
+            chosen = argmax_rows(logits)
         else:
             logits = logits.clone()
             if any(p.has_penalties for p in params):
                 self._apply_penalties(logits, requests)
             chosen = self._sample(logits, requests)
-        chosen_list = chosen.tolist()
-        return SampleResult(chosen_list, self._logprobs(raw_logits, chosen, params))
+        rows = [i for i, p in enumerate(params) if p.logprobs is not None]
+        return PendingSample(chosen, rows, self._logprob_tensors(raw_logits, chosen, rows, params), params)
 
     @staticmethod
     def _apply_penalties(logits: torch.Tensor, requests: Sequence[SamplingRequest]) -> None:
@@ -148,7 +207,7 @@ class Sampler:
         probs = self._filter(probs, params)
         noise = self._exponential_noise(probs, requests)
         drawn = (probs / noise).argmax(dim=-1)
-        return torch.where(greedy, logits.argmax(dim=-1), drawn)
+        return torch.where(greedy, argmax_rows(logits), drawn)
 
     @staticmethod
     def _filter(probs: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
@@ -189,22 +248,15 @@ class Sampler:
         return noise
 
     @staticmethod
-    def _logprobs(
-        logits: torch.Tensor, chosen: torch.Tensor, params: list[SamplingParams]
-    ) -> list[TokenLogprobs | None]:
-        rows = [i for i, p in enumerate(params) if p.logprobs is not None]
-        result: list[TokenLogprobs | None] = [None] * len(params)
+    def _logprob_tensors(
+        logits: torch.Tensor, chosen: torch.Tensor, rows: list[int], params: list[SamplingParams]
+    ) -> tuple[torch.Tensor, ...]:
+        """(chosen token logprob, top values, top ids) of the rows asking for logprobs, on the device."""
         if not rows:
-            return result
+            return ()
         index = torch.tensor(rows, device=logits.device)
         logprobs = torch.log_softmax(logits[index].float(), dim=-1)
-        chosen_lp = logprobs.gather(1, chosen[index][:, None]).squeeze(1).tolist()
+        chosen_lp = logprobs.gather(1, chosen[index][:, None]).squeeze(1)
         top_n = max(params[i].logprobs or 0 for i in rows)
         top_values, top_ids = logprobs.topk(max(top_n, 1), dim=-1)
-        top_values_list, top_ids_list = top_values.tolist(), top_ids.tolist()
-        chosen_ids = chosen[index].tolist()
-        for k, row in enumerate(rows):
-            n = params[row].logprobs or 0
-            top = list(zip(top_ids_list[k][:n], top_values_list[k][:n], strict=True))
-            result[row] = TokenLogprobs(chosen_ids[k], chosen_lp[k], top)
-        return result
+        return chosen_lp, top_values, top_ids

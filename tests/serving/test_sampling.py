@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import pytest
 import torch
 
-from serving.sampling import InvalidParamsError, Sampler, SamplingParams
+from serving.sampling import InvalidParamsError, Sampler, SamplingParams, argmax_rows
 
 
 @dataclass
@@ -35,6 +35,14 @@ def test_greedy_is_argmax_per_row():
     logits = logits_batch()
     result = Sampler()(logits, [Row(SamplingParams(temperature=0)) for _ in range(4)])
     assert result.token_ids == logits.argmax(-1).tolist()
+
+
+@pytest.mark.parametrize("vocab", [128256, 151936, 32000, 50, 1009])
+def test_two_stage_argmax_is_torch_argmax_ties_included(vocab):
+    logits = torch.randn(3, vocab, generator=torch.Generator().manual_seed(vocab))
+    logits[1, [7, vocab // 2, vocab - 1]] = 100.0  # a tie across chunks: the first index wins
+    logits[2, :] = 0.0  # all tied
+    assert argmax_rows(logits).tolist() == logits.argmax(dim=-1).tolist() == [logits[0].argmax().item(), 7, 0]
 
 
 def test_rows_with_different_params_in_one_batch():
