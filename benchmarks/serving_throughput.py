@@ -195,7 +195,7 @@ def run_ours(
     waste = {"ours": [0, 0], "pages16": [0, 0], "static": [0, 0]}  # [unused, allocated] summed over steps
     start = time.perf_counter()
     while engine.has_work:
-        pure_decode = not scheduler.waiting and all(s.num_uncached == 1 for s in scheduler.running)
+        pure_decode = not scheduler.waiting and all(s.num_uncached <= 1 for s in scheduler.running)
         kv_tokens = sum(len(s.token_ids) for s in scheduler.running)
         step_start = time.perf_counter()
         outputs = engine.step()

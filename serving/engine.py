@@ -24,8 +24,8 @@ from serving.memory import slots_for_memory
 from serving.model_runner import MemoryPlan, ModelRunner
 from serving.models import load_config, load_model
 from serving.models.llama import head_dim_of
-from serving.sampling import Sampler, SamplingParams, TokenLogprobs
-from serving.scheduler import Scheduler
+from serving.sampling import PendingSample, Sampler, SamplingParams, TokenLogprobs
+from serving.scheduler import ScheduledBatch, Scheduler
 from serving.sequence import GenerationRequest, RequestOutput, Sequence
 
 logger = logging.getLogger(__name__)
@@ -33,6 +33,15 @@ logger = logging.getLogger(__name__)
 
 class RequestError(ValueError):
     """A request the engine cannot serve (too long, bad parameters); the client gets a 400."""
+
+
+@dataclass
+class LaunchedStep:
+    """A model step queued on the device: its batch, the sequences that sample, their tokens."""
+
+    batch: ScheduledBatch
+    sampling: list[Sequence]
+    sample: PendingSample
 
 
 @dataclass
@@ -49,6 +58,9 @@ class EngineConfig:
     kv_slots: int | None = None  # exact pool size in tokens (overrides kv_memory_gb; tests)
     cuda_graphs: bool | None = None  # None: on for CUDA
     detokenize: bool = True  # False: token ids only (benchmarks); stop strings then unsupported
+    # Launch the next decode step before reading this one's tokens, so the GPU never waits for
+    # the host between steps (see Engine.step). None: on for CUDA.
+    overlap: bool | None = None
 
     def torch_dtype(self) -> torch.dtype:
         if self.dtype is None:
@@ -104,6 +116,8 @@ class Engine:
             self.runner.kv_pool, self.runner.req_pool, config.max_running, config.max_batch_tokens
         )
         self.sampler = Sampler()
+        self.overlap = config.device.startswith("cuda") if config.overlap is None else config.overlap
+        self._in_flight: LaunchedStep | None = None
         self._streams: dict[str, TextStream] = {}
         self._arrivals = itertools.count()
 
@@ -167,27 +181,62 @@ class Engine:
 
     @property
     def has_work(self) -> bool:
-        return self.scheduler.has_work
+        return self.scheduler.has_work or self._in_flight is not None
 
     # ----- the loop -------------------------------------------------------------------------
 
     def step(self) -> list[RequestOutput]:
-        """Schedule one batch, run the model, sample, and report what each request produced."""
-        batch = self.scheduler.schedule()
-        if batch is None:
-            return []
+        """Run one model step and report what each request produced.
+
+        With ``overlap``, a steady decode step is launched before the host reads the previous
+        one's tokens (:meth:`Scheduler.schedule_ahead`), the input tokens going from sampler to
+        model on the device. The host's work between steps (reading tokens, detokenizing, stop
+        checks, scheduling, the graph launch) then runs while the GPU computes. Each call still
+        returns exactly one step's outputs, in order; a sequence that stops on a token has had
+        one more step launched, whose token is dropped.
+        """
+        launched, self._in_flight = self._in_flight, None
+        if launched is None:
+            batch = self.scheduler.schedule()
+            if batch is None:
+                return []
+            launched = self._launch(batch)
+        if self.overlap and self._may_run_ahead(launched):
+            ahead = self.scheduler.schedule_ahead(launched.batch)
+            if ahead is not None:
+                self._in_flight = self._launch(ahead, launched.sample.tokens)
+        result = launched.sample.result()
+        return [
+            self._append_token(seq, token, logprobs)
+            for seq, token, logprobs in zip(launched.sampling, result.token_ids, result.logprobs, strict=True)
+            if not seq.is_finished  # stopped (or aborted) while this step was already launched
+        ]
+
+    def _launch(self, batch: ScheduledBatch, unread_tokens: torch.Tensor | None = None) -> LaunchedStep:
+        """Queue the batch's forward pass and sampling on the device."""
         sampling = [seq for i, seq in enumerate(batch.sequences) if batch.samples(i)]
         try:
-            logits = self.runner.forward(batch)
+            logits = self.runner.forward(batch, unread_tokens)
         except Exception:
             self.scheduler.rollback(batch)  # no slot may leak; the caller decides about the requests
             raise
         self.scheduler.advance(batch)
-        result = self.sampler(logits, sampling)
-        return [
-            self._append_token(seq, token, logprobs)
-            for seq, token, logprobs in zip(sampling, result.token_ids, result.logprobs, strict=True)
-        ]
+        return LaunchedStep(batch, sampling, self.sampler.launch(logits, sampling))
+
+    @staticmethod
+    def _may_run_ahead(launched: LaunchedStep) -> bool:
+        """Whether the step after ``launched`` may start before its tokens are read: every
+        sequence decodes and samples, none needs its token history on the host (penalties),
+        and none can reach its length limit with the unread token."""
+        sequences = launched.batch.sequences
+        return (
+            launched.batch.is_decode
+            and len(launched.sampling) == len(sequences)
+            and all(
+                not seq.params.has_penalties and len(seq.token_ids) + 1 < seq.max_total_tokens
+                for seq in sequences
+            )
+        )
 
     def _append_token(self, seq: Sequence, token: int, logprobs: TokenLogprobs | None) -> RequestOutput:
         """Add a sampled token, detokenize it, and finish the request if a stop condition hit."""

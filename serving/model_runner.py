@@ -50,11 +50,19 @@ class ModelRunner:
             self.graphs = DecodeGraphs(self, plan.max_running)
 
     @torch.inference_mode()
-    def forward(self, batch: ScheduledBatch) -> torch.Tensor:
-        """fp32 next-token logits for the sequences of ``batch`` that sample this step."""
+    def forward(self, batch: ScheduledBatch, unread_tokens: torch.Tensor | None = None) -> torch.Tensor:
+        """fp32 next-token logits for the sequences of ``batch`` that sample this step.
+
+        A batch scheduled ahead (``batch.ahead``) takes its input tokens from ``unread_tokens``,
+        the previous step's sampled tokens still on the device, one per sequence.
+        """
+        if batch.ahead != (unread_tokens is not None):
+            raise ValueError("a batch scheduled ahead needs the unread tokens, and only it")
         if self.graphs is not None and batch.is_decode:
-            return self.graphs.replay(batch)
+            return self.graphs.replay(batch, unread_tokens)
         forward_batch = self.prepare(batch)
+        if unread_tokens is not None:
+            forward_batch.input_ids = unread_tokens
         self.record_slots(forward_batch)
         return self.model(forward_batch, self.attention)
 
@@ -75,12 +83,13 @@ class ModelRunner:
         seq_lens, q_start, logits_indices = [], [], []
         for index, (seq, count) in enumerate(zip(batch.sequences, batch.num_new_tokens, strict=True)):
             start = seq.num_cached
-            q_start.append(len(input_ids))
-            input_ids.extend(seq.token_ids[start : start + count])
+            q_start.append(len(positions))
+            if not batch.ahead:  # ahead, the tokens are on the device (see forward)
+                input_ids.extend(seq.token_ids[start : start + count])
             positions.extend(range(start, start + count))
             seq_lens.append(start + count)
             if batch.samples(index):
-                logits_indices.append(len(input_ids) - 1)
+                logits_indices.append(len(positions) - 1)
         pool_rows = [seq.req_pool_idx for seq in batch.sequences]
         fields: list[list] = [
             input_ids,
@@ -181,15 +190,20 @@ class DecodeGraphs:
         torch.cuda.synchronize()
         logger.info("captured decode CUDA graphs for batch sizes %s", self.buckets)
 
-    def replay(self, batch: ScheduledBatch) -> torch.Tensor:
-        """Write the decode batch's inputs (padded to its bucket) to the static buffer, replay."""
+    def replay(self, batch: ScheduledBatch, unread_tokens: torch.Tensor | None = None) -> torch.Tensor:
+        """Write the decode batch's inputs (padded to its bucket) to the static buffer, replay.
+
+        With ``unread_tokens`` (a batch scheduled ahead) the input tokens are copied on the
+        device from the previous step's sampling instead, queued behind it.
+        """
         sequences = batch.sequences
         count = len(sequences)
         size = next(b for b in self.buckets if b >= count)
         positions = [seq.num_cached for seq in sequences]
         view = self.host_view
         self.copied.synchronize()  # the previous step's copy out of this buffer (done by now, in practice)
-        view[0, :count] = [seq.token_ids[seq.num_cached] for seq in sequences]
+        if unread_tokens is None:
+            view[0, :count] = [seq.token_ids[seq.num_cached] for seq in sequences]
         view[1, :count] = positions
         view[2, :count] = batch.out_cache_loc.numpy()
         view[3, :count] = [seq.req_pool_idx for seq in sequences]
@@ -198,5 +212,7 @@ class DecodeGraphs:
         view[:, count:size] = self.padding_column
         self.inputs.copy_(self.host_inputs, non_blocking=True)
         self.copied.record()
+        if unread_tokens is not None:
+            self.inputs[0, :count].copy_(unread_tokens)
         self.graphs[size].replay()
         return self.outputs[size][:count]

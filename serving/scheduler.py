@@ -38,6 +38,9 @@ class ScheduledBatch:
     # [sum(num_new_tokens)] int64 host tensor: KV slots of the new tokens, in order; the model
     # runner writes them into req_to_token at (request row, position) before attention reads it.
     out_cache_loc: torch.Tensor
+    # A decode step scheduled before the host read the previous step's tokens (overlap): each
+    # sequence feeds its still-unread last token, which the model runner takes from the device.
+    ahead: bool = False
 
     @cached_property
     def is_decode(self) -> bool:
@@ -46,7 +49,7 @@ class ScheduledBatch:
     def samples(self, index: int) -> bool:
         """Whether sequence ``index`` reaches its last token this step (so a token is sampled)."""
         seq = self.sequences[index]
-        return seq.num_cached + self.num_new_tokens[index] == len(seq.token_ids)
+        return self.ahead or seq.num_cached + self.num_new_tokens[index] == len(seq.token_ids)
 
 
 class Scheduler:
@@ -113,6 +116,26 @@ class Scheduler:
             and len(running) <= min(self.max_batch_tokens, self.kv_pool.num_free)
             and all(seq.num_uncached == 1 for seq in running)
         )
+
+    def schedule_ahead(self, launched: ScheduledBatch) -> ScheduledBatch | None:
+        """The decode step after ``launched``, before its tokens are known, or None.
+
+        Only in the steady state: ``launched`` decoded every running sequence, nobody waits, and
+        budget and free slots cover one more token each. The caller makes sure no sequence can
+        reach its length limit with the unread token (a stop token may still end one: its
+        extra step is then wasted, its slot freed with the rest of the sequence's).
+        """
+        running = self.running
+        if (
+            self.waiting
+            or len(running) != len(launched.sequences)
+            or any(a is not b for a, b in zip(running, launched.sequences, strict=True))
+            or len(running) > min(self.max_batch_tokens, self.kv_pool.num_free)
+        ):
+            return None
+        batch = self._allocate([(seq, 1) for seq in running])
+        batch.ahead = True
+        return batch
 
     def _admit_waiting(self, budget: int, chosen: list[tuple[Sequence, int]]) -> None:
         """Start waiting sequences while budget, rows and free slots allow (no preemption)."""

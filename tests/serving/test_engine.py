@@ -18,9 +18,10 @@ def llama_path(demo_models_dir):
     return str(demo_models_dir / "demo-llama-tiny")
 
 
-@pytest.fixture(scope="module")
-def engine(llama_path):
-    return Engine(EngineConfig(llama_path, max_running=4, max_batch_tokens=64))
+@pytest.fixture(scope="module", params=[False, True], ids=["plain", "overlap"])
+def engine(llama_path, request):
+    """The stop logic must hold with and without overlapped decode steps (see test_overlap.py)."""
+    return Engine(EngineConfig(llama_path, max_running=4, max_batch_tokens=64, overlap=request.param))
 
 
 def run(engine: Engine, request: GenerationRequest):
@@ -148,7 +149,7 @@ async def test_async_engine_streams_concurrent_requests_and_cancels_on_close(lla
 def test_a_failed_step_leaks_no_slots(engine, monkeypatch):
     engine.add_request(GenerationRequest("f", prompt(engine), SamplingParams(max_tokens=5)))
 
-    def broken_forward(batch):
+    def broken_forward(batch, unread_tokens=None):
         raise RuntimeError("device lost")
 
     monkeypatch.setattr(engine.runner, "forward", broken_forward)

@@ -154,7 +154,7 @@ def test_bf16_greedy_tokens_match_transformers(checkpoints, family):
     path, model = checkpoints[family]
     batch = prompts(model.config.vocab_size)
     engine = make_engine(path)
-    assert engine.runner.graphs is not None  # decode runs through CUDA graphs
+    assert engine.runner.graphs is not None and engine.overlap  # CUDA graphs, steps overlapped
     (ours, our_tops), (theirs, their_tops) = (
         engine_greedy_with_tops(engine, batch),
         transformers_greedy(model, batch),
@@ -213,3 +213,26 @@ def test_bf16_prefill_logits_within_tolerance(checkpoints, family):
     )
     assert max(ours_error) <= 2 * max(theirs_error) + 1e-3
     assert top1 >= 0.75
+
+
+@pytest.mark.parametrize("family", list(GPU_CONFIGS))
+def test_overlapped_decode_matches_plain_decode(checkpoints, family):
+    """Overlap (on by default on CUDA) launches each decode step before the host has read the
+    previous step's tokens, which reach the CUDA graph by a device copy. One prompt at a time
+    (the same batch shapes either way), tokens and logprobs must be identical with it off."""
+    path, model = checkpoints[family]
+    batch = prompts(model.config.vocab_size)[:4]
+    params = SamplingParams(temperature=0.0, max_tokens=COMPARED_TOKENS, ignore_eos=True, logprobs=TOP_K)
+    runs = {}
+    for overlap in (False, True):
+        engine = make_engine(path, overlap=overlap)
+        runs[overlap] = [
+            [
+                (token, lp.logprob, lp.top)
+                for output in staggered_outputs(engine, [prompt], (0,), params)[0]
+                for token, lp in zip(output.new_token_ids, output.logprobs, strict=True)
+            ]
+            for prompt in batch
+        ]
+        del engine
+    assert runs[False] == runs[True]
