@@ -51,6 +51,7 @@ from transformers import AutoModelForCausalLM, GenerationConfig, LlamaConfig, Qw
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
+from serving import kernels  # noqa: E402
 from serving.demo_models import build_demo_models  # noqa: E402
 from serving.engine import Engine, EngineConfig  # noqa: E402
 from serving.models import build_model, load_named_tensors  # noqa: E402
@@ -232,7 +233,7 @@ def warm_up(engine: Engine, prompts: list[list[int]]) -> None:
 
 def profile_decode(engine: Engine, prompts: list[list[int]], steps: int = 20) -> dict:
     """GPU kernel time vs wall time of pure decode steps (torch.profiler), top kernels printed."""
-    params = SamplingParams(temperature=0, max_tokens=steps + 20, ignore_eos=True)
+    params = SamplingParams(temperature=0, max_tokens=2 * steps + 20, ignore_eos=True)
     for index, prompt in enumerate(prompts):
         engine.add_request(GenerationRequest(f"p{index}", prompt, params))
     scheduler = engine.scheduler
@@ -246,15 +247,85 @@ def profile_decode(engine: Engine, prompts: list[list[int]], steps: int = 20) ->
         for _ in range(steps):
             engine.step()
         wall = (time.perf_counter() - start) / steps
+    split = step_time_split(engine, len(prompts), steps)
     while engine.has_work:
         engine.step()
     events = profiler.key_averages()
     gpu_us = sum(e.self_device_time_total for e in events) / steps
     print(
-        f"\nprofile at batch {len(prompts)}: wall {1000 * wall:.2f} ms/step, GPU busy {gpu_us / 1000:.2f} ms/step"
+        f"\nprofile at batch {len(prompts)}: wall {1000 * wall:.2f} ms/step, GPU busy {gpu_us / 1000:.2f} ms/step; "
+        f"without the profiler: engine step {split['engine_ms_per_step']:.3f} ms, its decode graph replayed "
+        f"back to back {split['graph_ms_per_step']:.3f} ms (above it: host time the GPU waits for), "
+        f"its {split['linear_launches']} projections alone {split['linear_chain_ms_per_step']:.3f} ms"
     )
     print(events.table(sort_by="self_device_time_total", row_limit=12, max_name_column_width=60))
-    return {"batch": len(prompts), "wall_ms_per_step": 1000 * wall, "gpu_ms_per_step": gpu_us / 1000}
+    return {"batch": len(prompts), "wall_ms_per_step": 1000 * wall, "gpu_ms_per_step": gpu_us / 1000, **split}
+
+
+def step_time_split(engine: Engine, batch: int, steps: int) -> dict:
+    """Engine step time vs the same decode graph replayed back to back (GPU-bound): an engine
+    step above the graph's time is host work between steps that the GPU waits for. (With
+    overlap the timed steps start with one step already in flight, so the engine's figure
+    can come out a little below the graph's.)"""
+    synchronize("cuda")
+    start = time.perf_counter()
+    for _ in range(steps):
+        engine.step()
+    engine_ms = 1000 * (time.perf_counter() - start) / steps
+    graphs = engine.runner.graphs
+    graph = graphs.graphs[next(b for b in graphs.buckets if b >= batch)]
+    synchronize("cuda")
+    start = time.perf_counter()
+    for _ in range(steps):  # rewrites the last step's KV slots with the same values: harmless
+        graph.replay()
+    synchronize("cuda")
+    graph_ms = 1000 * (time.perf_counter() - start) / steps
+    return {"engine_ms_per_step": engine_ms, "graph_ms_per_step": graph_ms, **linear_chain_time(engine, batch, steps)}
+
+
+# GEMV launch configs (BLOCK_N, BLOCK_K, warps) timed over the model's projection chain.
+CHAIN_GEMV_CONFIGS = ((8, 2048, 4), (4, 2048, 4), (16, 1024, 4), (8, 4096, 8), (16, 2048, 8), (4, 4096, 4))
+
+
+@torch.inference_mode()
+def linear_chain_time(engine: Engine, batch: int, steps: int) -> dict:
+    """Every projection of the model (and the LM head) on ``batch`` rows, in one CUDA graph and
+    nothing else: what the step's weight streaming costs without the kernels between. At one or
+    two rows, also per GEMV launch config (in the model's setting, unlike the isolated sweep)."""
+    from serving.kernels.gemv import linear_triton
+
+    model = engine.runner.model
+    calls = []
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear):
+            silu_mul = name.endswith("down_proj")
+            width = module.in_features * (2 if silu_mul else 1)
+            calls.append((torch.randn(batch, width, dtype=module.weight.dtype, device="cuda"), module, silu_mul))
+
+    def timed(config) -> float:
+        def chain() -> None:
+            for x, module, silu_mul in calls:
+                if config is None:
+                    kernels.linear(x, module.weight, module.bias, silu_mul_input=silu_mul)
+                else:
+                    linear_triton(x, module.weight, module.bias, silu_mul, config=config)
+
+        chain()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            chain()
+        synchronize("cuda")
+        start = time.perf_counter()
+        for _ in range(steps):
+            graph.replay()
+        synchronize("cuda")
+        return 1000 * (time.perf_counter() - start) / steps
+
+    result = {"linear_chain_ms_per_step": timed(None), "linear_launches": len(calls)}
+    if batch <= kernels.GEMV_MAX_ROWS:
+        result["gemv_configs_ms_per_step"] = {str(c): timed(c) for c in CHAIN_GEMV_CONFIGS}
+        print("GEMV chain by (BLOCK_N, BLOCK_K, warps):", result["gemv_configs_ms_per_step"])
+    return result
 
 
 def record_kv_waste(waste: dict, scheduler, kv_pool) -> None:
