@@ -2,7 +2,10 @@
 
 bf16 rounding differs between any two implementations, so greedy paths may part once two
 logits are nearly tied; the issue asks for identical tokens over the first 32 for most prompts
-and logits within bf16 tolerance. The figures are printed (run with ``-s``) and saved in
+and logits within bf16 tolerance. A random model's logits are near-ties everywhere, so on random
+weights the bar is vLLM's (paths part only at near-ties); the issue's own bar is asserted on the
+same configs briefly trained on real text (``tests/serving/trained.py``), as confident as a real
+checkpoint. The figures are printed (run with ``-s``) and saved in
 ``benchmarks/results/serving_gpu_tests.txt``.
 
 Run through the device tool: ``pytest -s -m gpu tests/serving/test_gpu_models.py --confcutdir=tests/serving``
@@ -17,12 +20,13 @@ import shutil
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, LlamaConfig, Qwen3Config
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Qwen3Config
 
 from serving.engine import Engine, EngineConfig
 from serving.sampling import SamplingParams
 from serving.sequence import GenerationRequest
 from tests.serving.staggered import staggered_outputs
+from tests.serving.trained import corpus_prompts, corpus_tokens, train_on_corpus
 
 pytestmark = [
     pytest.mark.gpu,
@@ -80,6 +84,33 @@ def checkpoints(demo_models_dir, tmp_path_factory):
         for name in ("tokenizer.json", "tokenizer_config.json"):
             shutil.copy(demo_models_dir / "demo-llama-tiny" / name, path / name)
         built[family] = (path, model)
+    return built
+
+
+TRAINING_STEPS = 400
+
+
+@pytest.fixture(scope="module")
+def trained_checkpoints(demo_models_dir, tmp_path_factory):
+    """family -> (bf16 checkpoint dir, its transformers bf16 model, fp32 model, corpus prompts,
+    last training loss): the GPU configs trained on the demo corpus (see tests/serving/trained.py)."""
+    tokenizer_dir = demo_models_dir / "demo-llama-tiny"
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    tokens = corpus_tokens(tokenizer)
+    built = {}
+    for family, make_config in GPU_CONFIGS.items():
+        torch.manual_seed(0)
+        config = make_config()
+        config.vocab_size = len(tokenizer)
+        with torch.device("cuda"):
+            fp32_model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        loss = train_on_corpus(fp32_model, tokens, TRAINING_STEPS)
+        model = copy.deepcopy(fp32_model).to(torch.bfloat16).eval()
+        path = tmp_path_factory.mktemp(f"gpu-trained-{family}")
+        model.save_pretrained(path)
+        for name in ("tokenizer.json", "tokenizer_config.json"):
+            shutil.copy(tokenizer_dir / name, path / name)
+        built[family] = (path, model, fp32_model, corpus_prompts(tokens, PROMPT_LENGTHS), loss)
     return built
 
 
@@ -181,6 +212,32 @@ def test_bf16_greedy_tokens_match_transformers(checkpoints, family):
     assert all(near_ties), "a path parted from transformers' where the other's choice was not a near-tie"
     assert sum(ours_fp32_prefixes) >= 0.7 * sum(hf_fp32_prefixes)
     assert ours_fp32 >= hf_fp32 - 2
+
+
+@pytest.mark.parametrize("family", list(GPU_CONFIGS))
+def test_bf16_greedy_tokens_match_transformers_on_trained_weights(trained_checkpoints, family):
+    """The issue's bar, on weights as confident as a real checkpoint's: our first 32 greedy
+    tokens equal transformers' bf16 ones on most prompts (corpus text, staggered arrivals, CUDA
+    graphs, overlapped steps), and wherever they part it is at a near-tie."""
+    path, model, fp32_model, batch, loss = trained_checkpoints[family]
+    engine = make_engine(path)
+    (ours, our_tops), (theirs, their_tops) = (
+        engine_greedy_with_tops(engine, batch),
+        transformers_greedy(model, batch),
+    )
+    reference, _ = transformers_greedy(fp32_model, batch)
+    ours_hf = [matching_prefix(a, b) for a, b in zip(ours, theirs, strict=True)]
+    hf_fp32 = [matching_prefix(a, b) for a, b in zip(theirs, reference, strict=True)]
+    near_ties = [parts_at_near_tie(*args) for args in zip(ours, theirs, our_tops, their_tops, strict=True)]
+    identical = sum(p == COMPARED_TOKENS for p in ours_hf)
+    print(
+        f"\n[{family}, trained {TRAINING_STEPS} steps, last loss {loss:.2f}] identical first {COMPARED_TOKENS} "
+        f"greedy tokens over {len(batch)} corpus prompts: ours vs transformers bf16 {identical} (prefixes "
+        f"{ours_hf}); transformers bf16 vs its fp32 {sum(p == COMPARED_TOKENS for p in hf_fp32)} (prefixes "
+        f"{hf_fp32}); parting only at near-ties: {sum(near_ties)}/{len(batch)}"
+    )
+    assert identical > len(batch) // 2
+    assert all(near_ties)
 
 
 def relative_error(values: torch.Tensor, reference: torch.Tensor) -> list[float]:
