@@ -204,7 +204,11 @@ class Engine:
         if self.overlap and self._may_run_ahead(launched):
             ahead = self.scheduler.schedule_ahead(launched.batch)
             if ahead is not None:
-                self._in_flight = self._launch(ahead, launched.sample.tokens)
+                try:
+                    self._in_flight = self._launch(ahead, launched.sample.tokens)
+                except Exception:
+                    self._in_flight = launched  # still to be read; the caller decides about the requests
+                    raise
         result = launched.sample.result()
         return [
             self._append_token(seq, token, logprobs)

@@ -120,3 +120,27 @@ def test_abort_under_a_launched_step_frees_its_slot(llama_path, monkeypatch):
     assert {o.request_id for o in later} == {"kept"}
     assert later[-1].finished and later[-1].num_output_tokens == 30
     assert_everything_freed(engine)
+
+
+def test_a_failed_launch_ahead_keeps_the_launched_step(llama_path, monkeypatch):
+    """If launching the step ahead fails, the step already launched is still read on the next
+    call and no slot leaks."""
+    engine = make_engine(llama_path, overlap=True)
+    tokens = engine.tokenizer.encode("def main(args):\n    return", add_special_tokens=False)
+    engine.add_request(GenerationRequest("r", tokens, SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)))
+    produced = [t for _ in range(3) for o in engine.step() for t in o.new_token_ids]
+    working_forward = engine.runner.forward
+
+    def broken_forward(batch, unread_tokens=None):
+        raise RuntimeError("device lost")
+
+    monkeypatch.setattr(engine.runner, "forward", broken_forward)
+    with pytest.raises(RuntimeError, match="device lost"):
+        engine.step()
+    monkeypatch.setattr(engine.runner, "forward", working_forward)
+    while engine.has_work:
+        produced += [t for o in engine.step() for t in o.new_token_ids]
+    plain = make_engine(llama_path, overlap=False)
+    expected = staggered_outputs(plain, [tokens], (0,), SamplingParams(temperature=0, max_tokens=12, ignore_eos=True))
+    assert produced == [t for o in expected[0] for t in o.new_token_ids]
+    assert_everything_freed(engine)
