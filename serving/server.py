@@ -181,12 +181,17 @@ async def _collect(engine: AsyncEngine, request: GenerationRequest, http_request
             raise OpenAIError(499, "client closed the request")
     try:
         task.result()
-    except ValueError as error:
-        raise OpenAIError(400, str(error)) from None
-    except RuntimeError as error:
-        logger.warning("request %s failed: %s", request.request_id, error)
-        raise OpenAIError(500, str(error)) from None
+    except (ValueError, RuntimeError) as error:
+        raise _as_openai_error(error, request.request_id) from None
     return collected
+
+
+def _as_openai_error(error: ValueError | RuntimeError, request_id: str) -> OpenAIError:
+    """An engine failure as the client sees it: a bad request (400) or the engine's own (500)."""
+    if isinstance(error, ValueError):
+        return OpenAIError(400, str(error))
+    logger.warning("request %s failed: %s", request_id, error)
+    return OpenAIError(500, str(error))
 
 
 def _sse(payload: dict | str) -> str:
@@ -433,8 +438,5 @@ async def _outputs(
     try:
         async for output in engine.generate(request):
             yield output
-    except ValueError as error:
-        yield OpenAIError(400, str(error))
-    except RuntimeError as error:
-        logger.warning("request %s failed: %s", request.request_id, error)
-        yield OpenAIError(500, str(error))
+    except (ValueError, RuntimeError) as error:
+        yield _as_openai_error(error, request.request_id)
