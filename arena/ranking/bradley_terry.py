@@ -93,6 +93,17 @@ def solve_small(matrices: np.ndarray, vectors: np.ndarray) -> np.ndarray:
     return np.linalg.solve(matrices, vectors[..., None])[..., 0]
 
 
+def capped_newton_step(hessian: np.ndarray, gradient: np.ndarray) -> tuple[np.ndarray, float]:
+    """The Newton steps of a stack of systems, scaled so no coordinate moves more than
+    ``MAX_NEWTON_STEP`` (a far-off start cannot overshoot), and the largest unscaled move (the
+    convergence test). Call it under :func:`one_blas_thread`."""
+    step = solve_small(hessian, gradient)
+    largest = float(np.abs(step).max(initial=0.0))
+    if largest > MAX_NEWTON_STEP:
+        step *= MAX_NEWTON_STEP / largest
+    return step, largest
+
+
 def one_blas_thread() -> threadpool_limits:
     """Context limiting BLAS to one thread: threaded OpenBLAS on matrices this small spends its time
     waiting for its threads, and on a busy machine that wait grew a 30 ms batch of solves to seconds."""
@@ -132,10 +143,7 @@ def _newton_bt_loop(first: np.ndarray, second: np.ndarray, n: np.ndarray, s: np.
         p = expit(theta[:, first] - theta[:, second])
         gradient = scatter_pairs(s - n * p, first, second, n_models) - config.l2 * theta
         hessian = pair_laplacian(n * p * (1.0 - p), first, second, n_models) + regularizer
-        step = solve_small(hessian, gradient)
-        largest = np.abs(step).max(initial=0.0)
-        if largest > MAX_NEWTON_STEP:
-            step *= MAX_NEWTON_STEP / largest
+        step, largest = capped_newton_step(hessian, gradient)
         theta += step
         if largest < config.tol:
             return theta, True, iteration

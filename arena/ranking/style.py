@@ -25,11 +25,10 @@ import pandas as pd
 
 from arena.ranking.battles import normalize_winner
 from arena.ranking.bradley_terry import (
-    MAX_NEWTON_STEP,
+    capped_newton_step,
     one_blas_thread,
     pair_laplacian,
     scatter_pairs,
-    solve_small,
 )
 from arena.ranking.scale import RatingScale
 
@@ -217,10 +216,7 @@ def _newton_style_loop(data: StyleData, weights: np.ndarray, config: StyleConfig
     m = data.n_models
     for _ in range(config.max_iter):
         gradient, hessian = _newton_step_parts(data, params[:, :m], params[:, m:], weights, alpha, config.reg)
-        step = solve_small(hessian, gradient)
-        largest = np.abs(step).max(initial=0.0)
-        if largest > MAX_NEWTON_STEP:
-            step *= MAX_NEWTON_STEP / largest
+        step, largest = capped_newton_step(hessian, gradient)
         params += step
         if largest < config.tol:
             return params, True
