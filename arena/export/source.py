@@ -86,23 +86,43 @@ def _batched(units: Iterator[SourceUnit], batch_size: int) -> Iterator[list[Sour
         yield batch
 
 
-class ConversationSource:
-    """Conversations (direct chats and each side of a battle) with their messages."""
+class _IdOrderedSource:
+    """What both sources share: the database, the filters, the releasable models, and queries
+    restricted to ids after a resume point."""
 
     def __init__(self, engine: Engine, filters: ExportFilters, models: Sequence[str]):
         self.engine = engine
         self.filters = filters
         self.models = list(models)
 
+    def _id_column(self) -> Any:
+        """The exported thing's id column, the export's order (a method: an ORM attribute read
+        through an instance would be looked up on that instance)."""
+        raise NotImplementedError
+
+    def _count_query(self) -> Select:
+        raise NotImplementedError
+
+    def _after(self, query: Select, after_id: str | None) -> Select:
+        return query if after_id is None else query.where(self._id_column() > after_id)
+
+    def count(self, after_id: str | None = None) -> int:
+        """How many things the export will write after ``after_id``."""
+        with self.engine.connect() as conn:
+            return int(conn.execute(self._after(self._count_query(), after_id)).scalar_one())
+
+
+class ConversationSource(_IdOrderedSource):
+    """Conversations (direct chats and each side of a battle) with their messages."""
+
+    def _id_column(self) -> Any:
+        return Conversation.id
+
     def _conditions(self) -> list[Any]:
         return [Conversation.model_name.in_(self.models), *_in_range(Conversation.created_at, self.filters)]
 
-    def count(self, after_id: str | None = None) -> int:
-        query = select(func.count(Conversation.id)).where(*self._conditions())
-        if after_id is not None:
-            query = query.where(Conversation.id > after_id)
-        with self.engine.connect() as conn:
-            return int(conn.execute(query).scalar_one())
+    def _count_query(self) -> Select:
+        return select(func.count(Conversation.id)).where(*self._conditions())
 
     def _query(self, after_id: str | None) -> Select:
         query: Select = (
@@ -119,9 +139,7 @@ class ConversationSource:
             .where(*self._conditions(), Message.role.in_(EXPORTED_ROLES), Message.content != "")
             .order_by(Conversation.id, Message.position)
         )
-        if after_id is not None:
-            query = query.where(Conversation.id > after_id)
-        return query
+        return self._after(query, after_id)
 
     def batches(self, after_id: str | None, batch_size: int) -> Iterator[list[SourceUnit]]:
         """Conversations after ``after_id`` in id order, ``batch_size`` at a time."""
@@ -134,13 +152,11 @@ class ConversationSource:
             yield SourceUnit(conv_id, [([row[5] for row in rows], [row[6] for row in rows])], meta)
 
 
-class BattleSource:
+class BattleSource(_IdOrderedSource):
     """Voted battles with both conversations, the vote, the voter's anomaly mark and flags."""
 
-    def __init__(self, engine: Engine, filters: ExportFilters, models: Sequence[str]):
-        self.engine = engine
-        self.filters = filters
-        self.models = list(models)
+    def _id_column(self) -> Any:
+        return Battle.id
 
     def _conditions(self) -> list[Any]:
         return [
@@ -149,14 +165,8 @@ class BattleSource:
             *_in_range(Battle.created_at, self.filters),
         ]
 
-    def count(self, after_id: str | None = None) -> int:
-        query = (
-            select(func.count(Battle.id)).join(Vote, Vote.battle_id == Battle.id).where(*self._conditions())
-        )
-        if after_id is not None:
-            query = query.where(Battle.id > after_id)
-        with self.engine.connect() as conn:
-            return int(conn.execute(query).scalar_one())
+    def _count_query(self) -> Select:
+        return select(func.count(Battle.id)).join(Vote, Vote.battle_id == Battle.id).where(*self._conditions())
 
     def _query(self, after_id: str | None) -> Select:
         query: Select = (
@@ -186,9 +196,7 @@ class BattleSource:
             )
             .order_by(Battle.id, Conversation.side, Message.position)
         )
-        if after_id is not None:
-            query = query.where(Battle.id > after_id)
-        return query
+        return self._after(query, after_id)
 
     def batches(self, after_id: str | None, batch_size: int) -> Iterator[list[SourceUnit]]:
         """Voted battles after ``after_id`` in id order, ``batch_size`` at a time, with their flags."""
