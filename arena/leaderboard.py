@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from lingua import LanguageDetector
-from sqlalchemy import exists, func, select
+from sqlalchemy import delete, exists, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from arena.db.models import (
@@ -78,6 +78,9 @@ class LeaderboardOptions:
     anomaly_min_votes: int = 10
     history_freq: str = "D"
     scale: RatingScale = field(default_factory=RatingScale)
+    # Snapshots kept per (category, style) after a run: pages read only the newest, the rest
+    # is a short trail for debugging (a day at the default 10-minute refresh).
+    keep_snapshots: int = 144
 
 
 # ----------------------------------------------------------------------------- annotation
@@ -355,9 +358,30 @@ def compute_leaderboards(sessions: sessionmaker[Session], options: LeaderboardOp
     snapshots = build_snapshots(grouped, votes, meta, exclusions, options, now)
     with sessions.begin() as session:
         session.add_all(snapshots)
+        session.flush()
+        pruned = prune_snapshots(session, options.keep_snapshots)
+    if pruned:
+        logger.info("pruned %d old leaderboard snapshots", pruned)
     logger.info("stored %d leaderboard snapshots (%d votes overall)", len(snapshots),
                 snapshots[0].vote_count if snapshots else 0)
     return snapshots
+
+
+def prune_snapshots(session: Session, keep: int) -> int:
+    """Delete all but the newest ``keep`` snapshots of each (category, style); returns how many
+    went. Without it the table grows by one row per category and style every refresh."""
+    keys = session.execute(select(LeaderboardSnapshot.category, LeaderboardSnapshot.style_control).distinct()).all()
+    stale: list[int] = []
+    for category, style_control in keys:
+        stale += session.scalars(
+            select(LeaderboardSnapshot.id)
+            .where(LeaderboardSnapshot.category == category, LeaderboardSnapshot.style_control.is_(style_control))
+            .order_by(LeaderboardSnapshot.created_at.desc(), LeaderboardSnapshot.id.desc())
+            .offset(max(keep, 1))
+        ).all()
+    if stale:
+        session.execute(delete(LeaderboardSnapshot).where(LeaderboardSnapshot.id.in_(stale)))
+    return len(stale)
 
 
 # ----------------------------------------------------------------------------- reading snapshots

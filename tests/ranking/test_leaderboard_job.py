@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from sqlalchemy import func, select
 
 from arena.db.models import Battle, Flag, LeaderboardSnapshot, Visitor
@@ -43,6 +45,22 @@ def test_compute_stores_snapshots_with_ranks_categories_and_exclusions(db_sessio
     assert styled.rows and "style_coefficients" in styled.payload
     assert overall.payload["win_rate"]["models"] == [row["model"] for row in overall.rows]
     assert len(overall.payload["history"]["times"]) == 3  # three days of votes, one point a day
+
+
+def test_old_snapshots_are_pruned_newest_kept(db_sessions):
+    seed_votes(db_sessions, 60, seed=5)
+    keep_two = LeaderboardOptions(rounds=5, anomaly_min_votes=1000, keep_snapshots=2)
+    runs = [compute_leaderboards(db_sessions, keep_two, now=datetime(2026, 1, day, tzinfo=UTC)) for day in (1, 2, 3)]
+    with db_sessions() as session:
+        per_key = session.execute(
+            select(LeaderboardSnapshot.category, LeaderboardSnapshot.style_control, func.count())
+            .group_by(LeaderboardSnapshot.category, LeaderboardSnapshot.style_control)
+        ).all()
+        newest = latest_view(session)
+        oldest_left = session.scalar(select(func.min(LeaderboardSnapshot.created_at)))
+    assert len(per_key) == len(runs[-1]) and {count for _, _, count in per_key} == {2}
+    assert newest.updated_at == datetime(2026, 1, 3, tzinfo=UTC)
+    assert oldest_left.replace(tzinfo=UTC) == datetime(2026, 1, 2, tzinfo=UTC)
 
 
 def test_grouping_happens_in_the_database_and_respects_flags(db_sessions):
