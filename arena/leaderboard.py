@@ -30,6 +30,7 @@ from sqlalchemy import delete, exists, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from arena.db.models import (
+    OVERALL_CATEGORY,
     Battle,
     Conversation,
     Flag,
@@ -59,7 +60,7 @@ from arena.ranking.style import STYLE_FEATURES, bootstrap_style_bt, prepare_styl
 
 logger = logging.getLogger(__name__)
 
-OVERALL = "overall"
+OVERALL = OVERALL_CATEGORY
 # A weak ridge keeps ratings finite when a model has won (or lost) every vote of a small category.
 LEADERBOARD_BT = BTConfig(l2=0.01)
 HISTORY_PERIODS = 90

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import json
 import logging
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from arena.config import get_settings
+from arena.db.models import OVERALL_CATEGORY as OVERALL
 from arena.db.session import get_engine, session_factory
-from arena.leaderboard import OVERALL, LeaderboardOptions, LeaderboardView, compute_leaderboards, latest_view
+
+if TYPE_CHECKING:  # arena.leaderboard (pandas, scipy, lingua) is imported by the commands that run
+    from arena.leaderboard import LeaderboardView
 
 app = typer.Typer(help="The leaderboard: compute snapshots from the votes, show them.", no_args_is_help=True)
 
@@ -30,6 +34,8 @@ def compute(
     url: str | None = typer.Option(None, help="Database URL (default: ARENA_DATABASE_URL)"),
 ) -> None:
     """Recompute every category's leaderboard (plain and style-controlled) and store snapshots."""
+    from arena.leaderboard import LeaderboardOptions, compute_leaderboards
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     exclude_anomalous = (
         get_settings().exclude_anomalous_voters if include_anomalous is None else not include_anomalous
@@ -71,6 +77,8 @@ def show(
     url: str | None = typer.Option(None, help="Database URL (default: ARENA_DATABASE_URL)"),
 ) -> None:
     """Print the newest stored leaderboard."""
+    from arena.leaderboard import latest_view
+
     if output not in ("table", "json", "csv"):
         raise typer.BadParameter("use table, json or csv", param_hint="--output")
     with _sessions(url)() as session:

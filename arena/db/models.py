@@ -212,6 +212,9 @@ class Flag(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+OVERALL_CATEGORY = "overall"  # the leaderboard category holding every counted vote
+
+
 class LeaderboardSnapshot(Base):
     """A computed leaderboard, stored so that pages never recompute per request."""
 
@@ -220,7 +223,7 @@ class LeaderboardSnapshot(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    category: Mapped[str] = mapped_column(String(64), default="overall")
+    category: Mapped[str] = mapped_column(String(64), default=OVERALL_CATEGORY)
     style_control: Mapped[bool] = mapped_column(Boolean, default=False)
     vote_count: Mapped[int] = mapped_column(Integer, default=0)
     payload: Mapped[dict[str, Any]] = mapped_column(default=dict)

@@ -9,6 +9,7 @@ import pyarrow as pa
 from arena.db import FlagKind, VoteChoice
 from arena.export.cleaning import CleanUnit
 from arena.export.conversations import MESSAGE, MODERATION, messages, moderation_entries
+from arena.export.datasets import DATASET_DESCRIPTIONS
 from arena.export.pipeline import DatasetSpec, RowContext
 from arena.export.release import coarsen
 from arena.export.source import BattleSource, SourceUnit, as_datetime
@@ -119,9 +120,6 @@ BATTLES = DatasetSpec(
     build_row=build_row,
     models_of_row=lambda row: [row["model_a"], row["model_b"]],
     field_docs=FIELD_DOCS,
-    description=(
-        "Pairwise battles: two models answer the same prompts side by side and a visitor votes. "
-        "One row per voted battle whose two models may both be released."
-    ),
+    description=DATASET_DESCRIPTIONS["battles"],
 )
 SPEC = BATTLES

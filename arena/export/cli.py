@@ -12,6 +12,7 @@ import logging
 import os
 from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
@@ -19,12 +20,7 @@ from rich.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 
 from arena.config import get_settings
-from arena.db import get_engine
-from arena.export.battles import BATTLES
-from arena.export.cleaning import CleanerConfig
-from arena.export.conversations import CONVERSATIONS
-from arena.export.dedup import DedupConfig
-from arena.export.pipeline import DatasetSpec, ExportOptions, ExportResult, run_export
+from arena.export.datasets import DATASET_DESCRIPTIONS
 from arena.export.release import (
     DEFAULT_ALLOWED_LICENSES,
     INSECURE_DEFAULT_SECRET,
@@ -34,6 +30,9 @@ from arena.export.release import (
     ReleasePolicy,
     derive_release_key,
 )
+
+if TYPE_CHECKING:
+    from arena.export.pipeline import ExportResult
 
 app = typer.Typer(help="Export the public datasets (conversations, battles) from the arena database.")
 logger = logging.getLogger(__name__)
@@ -86,21 +85,21 @@ def _as_date(value: datetime | None) -> date | None:
     return value.date() if value else None
 
 
-def _run(spec: DatasetSpec, **kwargs: object) -> None:
+def _run(dataset: str, **kwargs: object) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        result = _export(spec, **kwargs)  # type: ignore[arg-type]
+        result = _export(dataset, **kwargs)  # type: ignore[arg-type]
     except (ExportError, OSError, ValueError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(code=2) from exc
     except SQLAlchemyError as exc:
         console.print(f"[red]database error:[/red] {exc.__class__.__name__}: {str(exc).splitlines()[0]}")
         raise typer.Exit(code=2) from exc
-    _print_summary(spec, result)
+    _print_summary(dataset, result)
 
 
 def _export(
-    spec: DatasetSpec,
+    dataset: str,
     out: Path,
     database_url: str | None,
     since: datetime | None,
@@ -123,6 +122,13 @@ def _export(
     restart: bool,
     progress: bool,
 ) -> ExportResult:
+    # The pipeline is imported here, not at module level: it is slow to import (see datasets.py).
+    from arena.db import get_engine
+    from arena.export.batch import dataset_spec
+    from arena.export.cleaning import CleanerConfig
+    from arena.export.dedup import DedupConfig
+    from arena.export.pipeline import ExportOptions, run_export
+
     settings = get_settings()
     release = release or datetime.now(UTC).date().isoformat()
     if release_key:
@@ -164,12 +170,12 @@ def _export(
     if language_chars < 8:
         raise ExportError(f"--language-chars must be at least 8, got {language_chars}")
     engine = get_engine(database_url or settings.database_url)
-    return run_export(spec, engine, options, Anonymizer(key))
+    return run_export(dataset_spec(dataset), engine, options, Anonymizer(key))
 
 
-def _print_summary(spec: DatasetSpec, result: ExportResult) -> None:
+def _print_summary(dataset: str, result: ExportResult) -> None:
     stats = result.stats
-    table = Table(title=f"arena export {spec.name} → {result.out}")
+    table = Table(title=f"arena export {dataset} → {result.out}")
     table.add_column("what")
     table.add_column("value", justify="right")
     table.add_row("rows read", f"{result.rows_read:,}")
@@ -182,7 +188,7 @@ def _print_summary(spec: DatasetSpec, result: ExportResult) -> None:
     console.print(table)
 
 
-def _command(spec: DatasetSpec):  # type: ignore[no-untyped-def]
+def _command(dataset: str):  # type: ignore[no-untyped-def]
     def command(
         out: Path = OutOption,
         database_url: str | None = DatabaseOption,
@@ -206,11 +212,11 @@ def _command(spec: DatasetSpec):  # type: ignore[no-untyped-def]
         restart: bool = RestartOption,
         progress: bool = ProgressOption,
     ) -> None:
-        _run(spec, **{k: v for k, v in locals().items() if k != "spec"})
+        _run(dataset, **{k: v for k, v in locals().items() if k != "dataset"})
 
-    command.__doc__ = f"Export the {spec.name} dataset: {spec.description}"
+    command.__doc__ = f"Export the {dataset} dataset: {DATASET_DESCRIPTIONS[dataset]}"
     return command
 
 
-app.command("conversations")(_command(CONVERSATIONS))
-app.command("battles")(_command(BATTLES))
+for _dataset in DATASET_DESCRIPTIONS:
+    app.command(_dataset)(_command(_dataset))

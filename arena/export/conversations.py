@@ -7,6 +7,7 @@ from typing import Any
 import pyarrow as pa
 
 from arena.export.cleaning import CleanUnit
+from arena.export.datasets import DATASET_DESCRIPTIONS
 from arena.export.pipeline import DatasetSpec, RowContext
 from arena.export.release import coarsen
 from arena.export.source import ConversationSource, SourceUnit, as_datetime
@@ -80,9 +81,6 @@ CONVERSATIONS = DatasetSpec(
     build_row=build_row,
     models_of_row=lambda row: [row["model"]],
     field_docs=FIELD_DOCS,
-    description=(
-        "Real conversations between arena visitors and the models the arena hosts: direct chats "
-        "and each side of every battle, one row per conversation."
-    ),
+    description=DATASET_DESCRIPTIONS["conversations"],
 )
 SPEC = CONVERSATIONS
