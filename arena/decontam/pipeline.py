@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from tqdm import tqdm
 
 from arena.decontam.executors import run_local, run_processes, run_ray
 from arena.decontam.llm_judge import PROMPT_VERSION, JudgeCache, JudgeRequest, Verdict, cache_key, judge_pairs
 from arena.decontam.records import OnError, ReadStats, Record, expand_paths, iter_chunks, iter_records
 from arena.decontam.scanner import BenchmarkPayload, ChunkResult, PairEvidence, StageConfig
+from arena.progress import ProgressBar, progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -173,35 +173,32 @@ def _chunk_path(options: ScanOptions, index: int) -> Path:
 def _scan_corpus(options: ScanOptions, items: list[Record], stats: ReadStats) -> list[ChunkResult]:
     """Scan the chunks not finished yet, then load every chunk's result from the state directory."""
     done = {int(p.stem) for p in (options.state_dir / "chunks").glob("*.json")}
-    bar = tqdm(desc="offline stages", unit="doc", disable=not options.progress)
-
-    def pending_chunks() -> Iterator[tuple[int, list[Record]]]:
-        records = iter_records(options.corpus, options.corpus_fields, on_error=options.on_error, stats=stats)
-        for index, chunk in enumerate(iter_chunks(records, options.chunk_size)):
-            if index in done:
-                bar.update(len(chunk))
-            else:
-                yield index, chunk
-
     stage_pairs: dict[str, int] = defaultdict(int)
-
-    def on_result(result: ChunkResult) -> None:
-        _atomic_write(_chunk_path(options, result.index), json.dumps(result.to_dict()))
-        for stage, count in result.stage_pairs.items():
-            stage_pairs[stage] += count
-        bar.update(result.docs)
-        bar.set_postfix({f"{k} pairs": v for k, v in stage_pairs.items()})
-
     payload, embedder = _payload(options, items)
-    try:
+    with progress_bar("offline stages (documents)", enabled=options.progress) as bar:
+
+        def pending_chunks() -> Iterator[tuple[int, list[Record]]]:
+            records = iter_records(options.corpus, options.corpus_fields, on_error=options.on_error, stats=stats)
+            for index, chunk in enumerate(iter_chunks(records, options.chunk_size)):
+                if index in done:
+                    bar.advance(len(chunk))
+                else:
+                    yield index, chunk
+
+        def on_result(result: ChunkResult) -> None:
+            _atomic_write(_chunk_path(options, result.index), json.dumps(result.to_dict()))
+            for stage, count in result.stage_pairs.items():
+                stage_pairs[stage] += count
+            bar.advance(result.docs)
+            pairs = ", ".join(f"{stage} {count}" for stage, count in stage_pairs.items())
+            bar.describe(f"offline stages (documents; pairs: {pairs})")
+
         if options.executor == "ray":
             run_ray(payload, pending_chunks(), on_result, options.workers, options.ray_address)
         elif options.workers > 1:
             run_processes(payload, pending_chunks(), on_result, options.workers)
         else:
             run_local(payload, pending_chunks(), on_result, embedder)
-    finally:
-        bar.close()
     paths = sorted((options.state_dir / "chunks").glob("*.json"))
     return [ChunkResult.from_dict(json.loads(p.read_text(encoding="utf-8"))) for p in paths]
 
@@ -303,22 +300,21 @@ def _run_judge(options: ScanOptions, settings: JudgeSettings, selected: list[Mat
         key = cache_key(settings.model_id, match.item_text, match.doc_text)
         requests[key] = JudgeRequest(key, match.item_text, match.doc_text)
     cache = JudgeCache(options.state_dir / "judge_cache.sqlite")
-    bar = tqdm(total=len(requests), desc="llm judge", unit="pair", disable=not options.progress)
 
-    async def run() -> dict[str, Verdict]:
+    async def run(bar: ProgressBar) -> dict[str, Verdict]:
         client = ChatClient(settings.base_url, settings.model_id, settings.api_key, timeout_s=settings.timeout_s)
         try:
             return await judge_pairs(
                 list(requests.values()), client, cache, concurrency=settings.concurrency,
-                on_done=lambda _verdict: bar.update(1),
+                on_done=lambda _verdict: bar.advance(),
             )
         finally:
             await client.close()
 
     try:
-        return asyncio.run(run())
+        with progress_bar("llm judge (pairs)", len(requests), options.progress) as bar:
+            return asyncio.run(run(bar))
     finally:
-        bar.close()
         cache.close()
 
 

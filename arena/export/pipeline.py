@@ -27,7 +27,6 @@ from typing import Any, Protocol
 
 import pyarrow as pa
 from sqlalchemy import Engine
-from tqdm import tqdm
 
 from arena.export.batch import PreparedBatch, RowInfo, WorkerConfig, init_worker, prepare_batch, tune_gc
 from arena.export.cleaning import CleanerConfig, CleanUnit
@@ -35,6 +34,7 @@ from arena.export.dedup import BloomFilter, DedupConfig, PromptDeduplicator
 from arena.export.release import Anonymizer, ExportError, ExportFilters, ReleasePolicy
 from arena.export.source import SourceUnit, allowed_models
 from arena.export.writer import STATE_DIR, ExportState, ShardWriter, remove_partial_files, write_manifest
+from arena.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -275,31 +275,30 @@ def _export_batches(
     """Write all batches; returns False when stopped early by ``max_batches``."""
     writer: ShardWriter | None = None
     cursor = state.cursor
-    progress = tqdm(total=total, unit=" rows", desc=f"export {spec.name}", disable=not options.progress)
-    try:
-        for done, batch in enumerate(prepared):
-            if options.max_batches is not None and done >= options.max_batches:
-                return False
-            table, lines = _kept_rows(state.stats, dedup, batch)
-            if writer is None:
-                writer = ShardWriter(options.out, len(state.shards), spec.schema)
-            writer.write(table, lines)
-            cursor = batch.last_id
-            progress.update(batch.read)
-            if writer.rows >= options.shard_size:
+    with progress_bar(f"export {spec.name} (rows)", total, options.progress) as bar:
+        try:
+            for done, batch in enumerate(prepared):
+                if options.max_batches is not None and done >= options.max_batches:
+                    return False
+                table, lines = _kept_rows(state.stats, dedup, batch)
+                if writer is None:
+                    writer = ShardWriter(options.out, len(state.shards), spec.schema)
+                writer.write(table, lines)
+                cursor = batch.last_id
+                bar.advance(batch.read)
+                if writer.rows >= options.shard_size:
+                    _checkpoint(options, state, dedup, writer, cursor)
+                    writer = None
+            if writer is not None and writer.rows:
                 _checkpoint(options, state, dedup, writer, cursor)
                 writer = None
-        if writer is not None and writer.rows:
-            _checkpoint(options, state, dedup, writer, cursor)
-            writer = None
-        state.cursor = cursor
-        return True
-    finally:
-        if hasattr(prepared, "close"):
-            prepared.close()
-        progress.close()
-        if writer is not None:
-            writer.abort()
+            state.cursor = cursor
+            return True
+        finally:
+            if hasattr(prepared, "close"):
+                prepared.close()
+            if writer is not None:
+                writer.abort()
 
 
 def _kept_rows(

@@ -13,14 +13,13 @@ import asyncio
 import json
 import logging
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from arena.config import REPO_ROOT
 from arena.judge import agreement as agreement_lib
@@ -48,6 +47,7 @@ from arena.judge.results import (
     write_results,
 )
 from arena.judge.store import StoreError
+from arena.progress import progress_bar
 from arena.providers import ChatClient, RegistryError, UnknownModelError, load_registry
 
 logger = logging.getLogger(__name__)
@@ -148,14 +148,6 @@ def _policy(concurrency: int, timeout: float, attempts: int, backoff: float) -> 
     return CallPolicy(concurrency=concurrency, attempts=attempts, backoff_s=backoff, timeout_s=timeout)
 
 
-@contextmanager
-def _progress(description: str, total: int) -> Iterator[Callable[[], None]]:
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=_console(), transient=not sys.stdout.isatty()) as progress:
-        task_id = progress.add_task(description, total=total)
-        yield lambda: progress.advance(task_id)
-
-
 def _print_usage(console: Console, meter: UsageMeter, prices: PriceTable) -> list[dict[str, object]]:
     rows = meter.report(prices)
     console.print(tables.usage_table(rows) if rows else "No model calls this run (everything was cached).")
@@ -210,10 +202,10 @@ def gen_answers_command(
     async def run_all() -> list[AnswerStats]:
         results = []
         for spec in specs:
-            with _progress(f"answers: {spec.name}", len(loaded)) as advance:
+            with progress_bar(f"answers: {spec.name}", len(loaded)) as bar:
                 results.append(
                     await generate_answers(
-                        loaded, spec, out_dir, policy, meter, max_tokens=max_tokens, on_done=advance
+                        loaded, spec, out_dir, policy, meter, max_tokens=max_tokens, on_done=bar.advance
                     )
                 )
         return results
@@ -308,8 +300,8 @@ def judge_command(
     async def run() -> JudgeStats:
         client = ChatClient.for_model(spec, timeout_s=policy.timeout_s, max_retries=policy.client_retries)
         try:
-            with _progress(f"judging ({mode.value})", len(plan.tasks)) as advance:
-                return await run_judgments(plan, client, store, policy, meter, parse, on_done=advance)
+            with progress_bar(f"judging ({mode.value})", len(plan.tasks)) as bar:
+                return await run_judgments(plan, client, store, policy, meter, parse, on_done=bar.advance)
         finally:
             await client.close()
 

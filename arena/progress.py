@@ -1,0 +1,42 @@
+"""The progress bar of every long-running job (export, decontamination, MT-bench judging).
+
+rich's, on stderr so that piped output stays clean; transient when stderr is not a terminal.
+A disabled bar (``--no-progress``, tests) costs nothing and shows nothing.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+
+
+class ProgressBar:
+    """Handle on one bar: :meth:`advance` by some units, :meth:`describe` to change its label."""
+
+    def __init__(self, progress: Progress | None, task: TaskID | None) -> None:
+        self._progress = progress
+        self._task = task
+
+    def advance(self, units: float = 1) -> None:
+        if self._progress is not None and self._task is not None:
+            self._progress.advance(self._task, units)
+
+    def describe(self, description: str) -> None:
+        if self._progress is not None and self._task is not None:
+            self._progress.update(self._task, description=description)
+
+
+@contextmanager
+def progress_bar(description: str, total: int | None = None, enabled: bool = True) -> Iterator[ProgressBar]:
+    """A bar counting up to ``total`` (None: unknown, a count without a bar end)."""
+    if not enabled:
+        yield ProgressBar(None, None)
+        return
+    console = Console(stderr=True)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=not sys.stderr.isatty()) as progress:
+        yield ProgressBar(progress, progress.add_task(description, total=total))
