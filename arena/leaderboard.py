@@ -60,7 +60,6 @@ from arena.ranking.style import STYLE_FEATURES, bootstrap_style_bt, prepare_styl
 
 logger = logging.getLogger(__name__)
 
-OVERALL = OVERALL_CATEGORY
 # A weak ridge keeps ratings finite when a model has won (or lost) every vote of a small category.
 LEADERBOARD_BT = BTConfig(l2=0.01)
 HISTORY_PERIODS = 90
@@ -226,12 +225,12 @@ def categories_in(grouped: pd.DataFrame) -> list[str]:
     for tags in grouped["tags"]:
         if isinstance(tags, dict):
             found.update(str(c) for c in tags.get("categories", []))
-    found.discard(OVERALL)
-    return [OVERALL, *sorted(found)]
+    found.discard(OVERALL_CATEGORY)
+    return [OVERALL_CATEGORY, *sorted(found)]
 
 
 def _in_category(tags_column: pd.Series, category: str) -> np.ndarray:
-    if category == OVERALL:
+    if category == OVERALL_CATEGORY:
         return np.ones(len(tags_column), dtype=bool)
     return tags_column.map(
         lambda tags: isinstance(tags, dict) and category in tags.get("categories", [])
@@ -405,7 +404,7 @@ class LeaderboardView:
 
     @property
     def categories(self) -> list[str]:
-        return list(self.payload.get("categories", [OVERALL]))
+        return list(self.payload.get("categories", [OVERALL_CATEGORY]))
 
     @property
     def exclusions(self) -> dict[str, int]:
@@ -418,7 +417,7 @@ class LeaderboardView:
         return pd.DataFrame(self.rows, columns=columns)
 
 
-def latest_view(session: Session, category: str = OVERALL, style_control: bool = False) -> LeaderboardView:
+def latest_view(session: Session, category: str = OVERALL_CATEGORY, style_control: bool = False) -> LeaderboardView:
     """The newest snapshot for ``category`` and ``style_control`` (an empty view if none yet)."""
     snapshot = session.scalars(
         select(LeaderboardSnapshot)
@@ -437,9 +436,9 @@ def latest_view(session: Session, category: str = OVERALL, style_control: bool =
 def _known_categories(session: Session) -> list[str]:
     latest = session.scalars(
         select(LeaderboardSnapshot)
-        .where(LeaderboardSnapshot.category == OVERALL)
+        .where(LeaderboardSnapshot.category == OVERALL_CATEGORY)
         .order_by(LeaderboardSnapshot.created_at.desc())
         .limit(1)
     ).first()
-    return list(latest.payload.get("categories", [OVERALL])) if latest else [OVERALL]
+    return list(latest.payload.get("categories", [OVERALL_CATEGORY])) if latest else [OVERALL_CATEGORY]
 

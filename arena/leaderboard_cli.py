@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from arena.config import get_settings
-from arena.db.models import OVERALL_CATEGORY as OVERALL
+from arena.db.models import OVERALL_CATEGORY
 from arena.db.session import get_engine, session_factory
 
 if TYPE_CHECKING:  # arena.leaderboard (pandas, scipy, lingua) is imported by the commands that run
@@ -71,7 +71,7 @@ def _caption(view: LeaderboardView) -> str:
 
 @app.command()
 def show(
-    category: str = typer.Option(OVERALL, help="Category, e.g. overall, coding, language:en"),
+    category: str = typer.Option(OVERALL_CATEGORY, help="Category, e.g. overall, coding, language:en"),
     style_control: bool = typer.Option(False, help="Show the style-controlled ratings"),
     output: str = typer.Option("table", help="table, json or csv"),
     url: str | None = typer.Option(None, help="Database URL (default: ARENA_DATABASE_URL)"),
@@ -90,7 +90,7 @@ def show(
         typer.echo(view.as_frame().to_csv(index=False), nl=False)
     elif view.empty:
         typer.echo("No ratings yet: vote in some battles, then run `arena leaderboard compute`.")
-        if view.updated_at is None and category != OVERALL:
+        if view.updated_at is None and category != OVERALL_CATEGORY:
             typer.echo(f"Known categories: {', '.join(view.categories)}")
     else:
         Console().print(_table(view))

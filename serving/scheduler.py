@@ -109,13 +109,16 @@ class Scheduler:
     def _all_decode_fits(self) -> bool:
         """The steady state, decided without the general loop: nobody waits, every running
         sequence decodes one token, and budget and free slots cover them all."""
-        running = self.running
         return (
             not self.waiting
-            and bool(running)
-            and len(running) <= min(self.max_batch_tokens, self.kv_pool.num_free)
-            and all(seq.num_uncached == 1 for seq in running)
+            and bool(self.running)
+            and self._one_more_token_each_fits()
+            and all(seq.num_uncached == 1 for seq in self.running)
         )
+
+    def _one_more_token_each_fits(self) -> bool:
+        """Budget and free slots cover one new token for every running sequence."""
+        return len(self.running) <= min(self.max_batch_tokens, self.kv_pool.num_free)
 
     def schedule_ahead(self, launched: ScheduledBatch) -> ScheduledBatch | None:
         """The decode step after ``launched``, before its tokens are known, or None.
@@ -130,7 +133,7 @@ class Scheduler:
             self.waiting
             or len(running) != len(launched.sequences)
             or any(a is not b for a, b in zip(running, launched.sequences, strict=True))
-            or len(running) > min(self.max_batch_tokens, self.kv_pool.num_free)
+            or not self._one_more_token_each_fits()
         ):
             return None
         batch = self._allocate([(seq, 1) for seq in running])

@@ -24,8 +24,9 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from sqlalchemy.orm import Session, sessionmaker
 
 from arena.config import Settings
+from arena.db.models import OVERALL_CATEGORY
 from arena.judge import mt_bench_scores
-from arena.leaderboard import OVERALL, LeaderboardOptions, LeaderboardView, compute_leaderboards, latest_view
+from arena.leaderboard import LeaderboardOptions, LeaderboardView, compute_leaderboards, latest_view
 
 logger = logging.getLogger(__name__)
 
@@ -219,7 +220,7 @@ def render_page(view: LeaderboardView) -> str:
 
 
 @router.get("/leaderboard", response_class=HTMLResponse, include_in_schema=False)
-def leaderboard_page(request: Request, category: str = OVERALL, style_control: bool = False) -> HTMLResponse:
+def leaderboard_page(request: Request, category: str = OVERALL_CATEGORY, style_control: bool = False) -> HTMLResponse:
     return HTMLResponse(render_page(read_view(_sessions(request), category, style_control)))
 
 
@@ -242,7 +243,7 @@ def view_json(view: LeaderboardView) -> dict[str, Any]:
 @router.get("/api/v1/leaderboard", tags=["leaderboard"])
 def leaderboard_api(
     request: Request,
-    category: str = OVERALL,
+    category: str = OVERALL_CATEGORY,
     style_control: bool = False,
     format: str = Query("json", pattern="^(json|csv)$", description="json or csv"),
 ) -> Response:
@@ -268,7 +269,7 @@ def leaderboard_tab(sessions: sessionmaker[Session]) -> Callable[[], None]:
 
     def build() -> None:
         def render(category: str, style_control: bool) -> tuple[Any, ...]:
-            view = read_view(sessions, category or OVERALL, bool(style_control))
+            view = read_view(sessions, category or OVERALL_CATEGORY, bool(style_control))
             if view.empty:
                 note = "### No ratings yet\nVote in a few battles; the leaderboard is recomputed periodically."
             else:
@@ -278,7 +279,7 @@ def leaderboard_tab(sessions: sessionmaker[Session]) -> Callable[[], None]:
             return gr.update(choices=view.categories), note, view.as_frame(), rating_figure(view)
 
         with gr.Row():
-            category = gr.Dropdown([OVERALL], value=OVERALL, label="Category", elem_id="gr-leaderboard-category")
+            category = gr.Dropdown([OVERALL_CATEGORY], value=OVERALL_CATEGORY, label="Category", elem_id="gr-leaderboard-category")
             style = gr.Checkbox(False, label="Style control", elem_id="gr-leaderboard-style")
         note = gr.Markdown(elem_id="gr-leaderboard-note")
         table = gr.Dataframe(interactive=False, elem_id="gr-leaderboard-table")

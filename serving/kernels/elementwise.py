@@ -14,6 +14,8 @@ import torch
 import triton
 import triton.language as tl
 
+from serving.kernels.reference import has_qk_norm
+
 
 @triton.jit
 def _rms_norm_kernel(
@@ -257,7 +259,7 @@ def rotary_store_kv_triton(
 ) -> torch.Tensor:
     """One launch per layer for what precedes attention; see ``rotary_store_kv_ref``."""
     _check_rotary_shapes(q, k, positions, cos_sin_cache)
-    has_norm = _check_qk_norm(q_norm_weight, k_norm_weight)
+    has_norm = has_qk_norm(q_norm_weight, k_norm_weight)
     if v.shape != k.shape or k_cache.shape[1:] != k.shape[1:] or v_cache.shape != k_cache.shape:
         raise ValueError(
             f"k {tuple(k.shape)}, v {tuple(v.shape)} and caches {tuple(k_cache.shape)}, "
@@ -284,13 +286,6 @@ def rotary_store_kv_triton(
             num_warps=4,
         )  # fmt: skip
     return q_out
-
-
-def _check_qk_norm(q_norm_weight: torch.Tensor | None, k_norm_weight: torch.Tensor | None) -> bool:
-    """Whether q/k norms are given (both or neither)."""
-    if (q_norm_weight is None) != (k_norm_weight is None):
-        raise ValueError("give both q_norm_weight and k_norm_weight, or neither")
-    return q_norm_weight is not None
 
 
 @triton.jit

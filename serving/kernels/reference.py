@@ -153,6 +153,13 @@ def apply_rotary_ref(
     )
 
 
+def has_qk_norm(q_norm_weight: torch.Tensor | None, k_norm_weight: torch.Tensor | None) -> bool:
+    """Whether per-head q/k norm weights are given; both or neither, else a ValueError."""
+    if (q_norm_weight is None) != (k_norm_weight is None):
+        raise ValueError("give both q_norm_weight and k_norm_weight, or neither")
+    return q_norm_weight is not None
+
+
 def rotary_store_kv_ref(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -174,9 +181,8 @@ def rotary_store_kv_ref(
     writes k and v ``[T, Hkv, D]`` into ``k_cache``/``v_cache`` ``[S, Hkv, D]`` at the slots
     ``out_cache_loc[T]``. Returns the new q; the caches are modified in place.
     """
-    if (q_norm_weight is None) != (k_norm_weight is None):
-        raise ValueError("give both q_norm_weight and k_norm_weight, or neither")
-    if q_norm_weight is not None and k_norm_weight is not None:
+    if has_qk_norm(q_norm_weight, k_norm_weight):
+        assert q_norm_weight is not None and k_norm_weight is not None  # for mypy: both are given
         q, k = rms_norm_ref(q, q_norm_weight, eps), rms_norm_ref(k, k_norm_weight, eps)
     q, k = apply_rotary_ref(q, k, positions, cos_sin_cache, is_neox)
     slots = out_cache_loc.long()
@@ -212,4 +218,3 @@ def linear_ref(
         x = silu_and_mul_ref(x)
     out = F.linear(x.float(), weight.float(), None if bias is None else bias.float())
     return out.to(x.dtype)
-
