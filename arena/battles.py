@@ -115,7 +115,7 @@ def make_pair_sampler(policy: str, sessions: sessionmaker[Session] | None = None
     if policy == "active":
         if sessions is None:
             raise ValueError("the active sampling policy needs a session factory to read vote counts")
-        from arena.active_sampler import ActivePairSampler
+        from arena.leaderboard.active_sampler import ActivePairSampler
 
         return ActivePairSampler(sessions)
     raise ValueError(f"unknown sampling policy {policy!r}; known: weighted, active")

@@ -17,7 +17,7 @@ import typer
 
 from arena.config import REPO_ROOT, get_settings
 from arena.export.cli import app as export_app
-from arena.leaderboard_cli import app as leaderboard_app
+from arena.leaderboard.cli import app as leaderboard_app
 
 app = typer.Typer(help="Arena: chat with two anonymous models, vote, rank them.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema (Alembic migrations).", no_args_is_help=True)

@@ -14,12 +14,13 @@ from arena.battles import ArenaError, ArenaService
 from arena.config import Settings, get_settings
 from arena.db.session import get_engine, session_factory
 from arena.identity import VisitorIdentity
+from arena.leaderboard.refresher import LeaderboardRefresher
 from arena.moderation import build_moderator
 from arena.providers.registry import load_registry
 from arena.web.api import error_response
 from arena.web.api import router as api_router
 from arena.web.arena_ui import build_arena_ui
-from arena.web.leaderboard import LeaderboardRefresher, leaderboard_tab
+from arena.web.leaderboard import leaderboard_tab
 from arena.web.leaderboard import router as leaderboard_router
 from arena.web.visitors import VisitorCookieMiddleware
 

@@ -1,14 +1,13 @@
-"""The public leaderboard: an HTML page at ``/leaderboard``, JSON/CSV at ``/api/v1/leaderboard``,
-the Gradio tab's content, and the periodic snapshot refresh.
+"""The public leaderboard: an HTML page at ``/leaderboard``, JSON/CSV at ``/api/v1/leaderboard``
+and the Gradio tab's content.
 
-Everything here reads stored snapshots (:func:`arena.leaderboard.latest_view`); computing happens
-in ``arena leaderboard compute`` or in the refresh task, never per request.
+Everything here reads stored snapshots (:func:`arena.leaderboard.view.latest_view`); computing happens
+in ``arena leaderboard compute`` or in the refresh task (:mod:`arena.leaderboard.refresher`), never
+per request.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import html
 import io
 import logging
@@ -23,10 +22,9 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from sqlalchemy.orm import Session, sessionmaker
 
-from arena.config import Settings
 from arena.db.models import OVERALL_CATEGORY
 from arena.judge import mt_bench_scores
-from arena.leaderboard import LeaderboardOptions, LeaderboardView, compute_leaderboards, latest_view
+from arena.leaderboard.view import LeaderboardView, latest_view
 
 logger = logging.getLogger(__name__)
 
@@ -290,42 +288,3 @@ def leaderboard_tab(sessions: sessionmaker[Session]) -> Callable[[], None]:
         refresh.click(render, [category, style], outputs)
 
     return build
-
-
-# ----------------------------------------------------------------------------- refresh
-
-
-class LeaderboardRefresher:
-    """Recomputes the snapshots every ``interval_s`` seconds in a worker thread, until stopped."""
-
-    def __init__(self, sessions: sessionmaker[Session], interval_s: float, options: LeaderboardOptions | None = None):
-        self.sessions = sessions
-        self.interval_s = interval_s
-        self.options = options or LeaderboardOptions()
-        self._task: asyncio.Task[None] | None = None
-
-    @classmethod
-    def from_settings(cls, sessions: sessionmaker[Session], settings: Settings) -> LeaderboardRefresher:
-        """Every ``ARENA_LEADERBOARD_REFRESH_S`` seconds (0 turns it off), honouring
-        ``ARENA_EXCLUDE_ANOMALOUS_VOTERS``."""
-        options = LeaderboardOptions(exclude_anomalous_voters=settings.exclude_anomalous_voters)
-        return cls(sessions, settings.leaderboard_refresh_s, options)
-
-    def start(self) -> None:
-        if self.interval_s > 0 and self._task is None:
-            self._task = asyncio.create_task(self._run(), name="leaderboard-refresh")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval_s)
-            try:
-                await asyncio.to_thread(compute_leaderboards, self.sessions, self.options)
-            except Exception:  # keep serving the last snapshot; the next round tries again
-                logger.exception("leaderboard refresh failed")

@@ -53,7 +53,7 @@ def test_answer_style_counts_markdown_outside_code():
 @pytest.fixture(scope="module")
 def detector():
     """The job's per-process detector: lingua's model loading (seconds) is then paid once per run."""
-    from arena.leaderboard import language_detector
+    from arena.leaderboard.job import language_detector
 
     return language_detector()
 

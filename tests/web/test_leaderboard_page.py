@@ -17,10 +17,10 @@ import pytest
 
 from arena.config import Settings
 from arena.db.session import get_engine, session_factory
-from arena.leaderboard import LeaderboardOptions, compute_leaderboards
+from arena.leaderboard.job import LeaderboardOptions, compute_leaderboards
 from arena.web.app import create_app
 from tests.conftest import migrate
-from tests.ranking.seed import TRUE_RATINGS, seed_votes
+from tests.leaderboard.seed import TRUE_RATINGS, seed_votes
 from tests.servers import serve_app
 
 

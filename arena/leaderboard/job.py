@@ -12,7 +12,7 @@ Steps, each idempotent so an interrupted run can simply be run again:
 
 Battles with a flag (moderation, model identity revealed) are excluded, and so are the votes of
 anomalous visitors when ``ARENA_EXCLUDE_ANOMALOUS_VOTERS`` is on; the snapshot says how many.
-Pages read snapshots only, so a request never recomputes anything.
+Pages read snapshots only (:mod:`arena.leaderboard.view`), so a request never recomputes anything.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from lingua import LanguageDetector
-from sqlalchemy import delete, exists, func, select
+from sqlalchemy import delete, exists, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from arena.db.models import (
@@ -41,6 +41,7 @@ from arena.db.models import (
     Visitor,
     Vote,
 )
+from arena.leaderboard.votes import exclusion_counts, grouped_votes, vote_rows
 from arena.ranking import (
     BTConfig,
     RatingScale,
@@ -128,65 +129,6 @@ def _battle_texts(session: Session, battle_id: str) -> tuple[list[str], dict[str
         if role == "assistant" and side in answers:
             answers[side].append(content or "")
     return user_turns, answers
-
-
-# ----------------------------------------------------------------------------- reading votes
-
-
-def _counted_votes(exclude_flagged: bool, exclude_anomalous: bool) -> Any:
-    """A select over votes joined to battles, with the exclusions as WHERE clauses."""
-    query = select(Battle.model_a, Battle.model_b, Vote.choice).join(Vote, Vote.battle_id == Battle.id)
-    if exclude_flagged:
-        query = query.where(~exists().where(Flag.battle_id == Battle.id))
-    if exclude_anomalous:
-        query = query.where(
-            ~exists().where((Visitor.id == Vote.visitor_id) & Visitor.anomalous.is_(True))
-        )
-    return query
-
-
-def grouped_votes(session: Session, exclude_flagged: bool = True, exclude_anomalous: bool = True) -> pd.DataFrame:
-    """Vote counts grouped in the database: model_a, model_b, winner, tags, count."""
-    query = _counted_votes(exclude_flagged, exclude_anomalous).add_columns(Battle.tags, func.count())
-    query = query.group_by(Battle.model_a, Battle.model_b, Vote.choice, Battle.tags)
-    rows = session.execute(query).all()
-    return pd.DataFrame(rows, columns=["model_a", "model_b", "winner", "tags", "count"])
-
-
-def grouped_pair_votes(session: Session) -> pd.DataFrame:
-    """Vote counts per (model_a, model_b, winner) over all counted votes; for pair sampling."""
-    query = _counted_votes(True, True).add_columns(func.count())
-    query = query.group_by(Battle.model_a, Battle.model_b, Vote.choice)
-    return pd.DataFrame(session.execute(query).all(), columns=["model_a", "model_b", "winner", "count"])
-
-
-def vote_rows(session: Session, exclude_flagged: bool = True, exclude_anomalous: bool = True) -> pd.DataFrame:
-    """One row per counted vote with time, tags and style (for style control and rating history)."""
-    query = _counted_votes(exclude_flagged, exclude_anomalous).add_columns(
-        Vote.created_at, Vote.visitor_id, Battle.tags, Battle.style
-    )
-    rows = session.execute(query.order_by(Vote.created_at, Vote.id)).all()
-    return pd.DataFrame(
-        rows, columns=["model_a", "model_b", "winner", "timestamp", "visitor", "tags", "style"]
-    )
-
-
-def exclusion_counts(session: Session) -> dict[str, int]:
-    """Votes left out of the leaderboard, by reason (a battle with several flags counts once per kind)."""
-    counts = {kind.value: 0 for kind in FlagKind}
-    flagged = session.execute(
-        select(Flag.kind, func.count(func.distinct(Vote.battle_id)))
-        .join(Vote, Vote.battle_id == Flag.battle_id)
-        .group_by(Flag.kind)
-    ).all()
-    counts.update({kind: int(n) for kind, n in flagged})
-    counts[FlagKind.ANOMALOUS_VOTER.value] = int(session.scalar(
-        select(func.count(Vote.id))
-        .join(Visitor, Visitor.id == Vote.visitor_id)
-        .where(Visitor.anomalous.is_(True))
-        .where(~exists().where(Flag.battle_id == Vote.battle_id))
-    ) or 0)
-    return counts
 
 
 # ----------------------------------------------------------------------------- anomalies
@@ -382,63 +324,3 @@ def prune_snapshots(session: Session, keep: int) -> int:
     if stale:
         session.execute(delete(LeaderboardSnapshot).where(LeaderboardSnapshot.id.in_(stale)))
     return len(stale)
-
-
-# ----------------------------------------------------------------------------- reading snapshots
-
-
-@dataclass
-class LeaderboardView:
-    """What pages and the API show: the newest snapshot of one (category, style) or an empty state."""
-
-    category: str
-    style_control: bool
-    rows: list[dict[str, Any]]
-    vote_count: int
-    updated_at: datetime | None
-    payload: dict[str, Any]
-
-    @property
-    def empty(self) -> bool:
-        return not self.rows
-
-    @property
-    def categories(self) -> list[str]:
-        return list(self.payload.get("categories", [OVERALL_CATEGORY]))
-
-    @property
-    def exclusions(self) -> dict[str, int]:
-        return dict(self.payload.get("exclusions", {}))
-
-    def as_frame(self) -> pd.DataFrame:
-        columns = ["rank", "model", "rating", "ci_lower", "ci_upper", "votes", "organization", "license"]
-        if any("mt_bench" in row for row in self.rows):
-            columns.insert(6, "mt_bench")
-        return pd.DataFrame(self.rows, columns=columns)
-
-
-def latest_view(session: Session, category: str = OVERALL_CATEGORY, style_control: bool = False) -> LeaderboardView:
-    """The newest snapshot for ``category`` and ``style_control`` (an empty view if none yet)."""
-    snapshot = session.scalars(
-        select(LeaderboardSnapshot)
-        .where(LeaderboardSnapshot.category == category, LeaderboardSnapshot.style_control.is_(style_control))
-        .order_by(LeaderboardSnapshot.created_at.desc(), LeaderboardSnapshot.id.desc())
-        .limit(1)
-    ).first()
-    if snapshot is None:
-        categories = _known_categories(session)
-        return LeaderboardView(category, style_control, [], 0, None, {"categories": categories})
-    created = snapshot.created_at if snapshot.created_at.tzinfo else snapshot.created_at.replace(tzinfo=UTC)
-    return LeaderboardView(category, style_control, list(snapshot.payload.get("rows", [])),
-                           snapshot.vote_count, created, dict(snapshot.payload))
-
-
-def _known_categories(session: Session) -> list[str]:
-    latest = session.scalars(
-        select(LeaderboardSnapshot)
-        .where(LeaderboardSnapshot.category == OVERALL_CATEGORY)
-        .order_by(LeaderboardSnapshot.created_at.desc())
-        .limit(1)
-    ).first()
-    return list(latest.payload.get("categories", [OVERALL_CATEGORY])) if latest else [OVERALL_CATEGORY]
-

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
 
-from arena.leaderboard import grouped_pair_votes
+from arena.leaderboard.votes import grouped_pair_votes
 from arena.providers.registry import ModelSpec
 from arena.ranking import pair_counts_from_grouped
 from arena.ranking.sampling import PairWeights, active_pair_weights

@@ -7,7 +7,9 @@ from datetime import UTC, datetime
 from sqlalchemy import func, select
 
 from arena.db.models import Battle, Flag, LeaderboardSnapshot, Visitor
-from arena.leaderboard import LeaderboardOptions, compute_leaderboards, grouped_votes, latest_view
+from arena.leaderboard.job import LeaderboardOptions, compute_leaderboards
+from arena.leaderboard.view import latest_view
+from arena.leaderboard.votes import grouped_votes
 
 from .seed import TRUE_RATINGS, seed_votes
 

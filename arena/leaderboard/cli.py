@@ -14,8 +14,8 @@ from arena.config import get_settings
 from arena.db.models import OVERALL_CATEGORY
 from arena.db.session import get_engine, session_factory
 
-if TYPE_CHECKING:  # arena.leaderboard (pandas, scipy, lingua) is imported by the commands that run
-    from arena.leaderboard import LeaderboardView
+if TYPE_CHECKING:  # the job and views (pandas, scipy, lingua) are imported by the commands that run
+    from arena.leaderboard.view import LeaderboardView
 
 app = typer.Typer(help="The leaderboard: compute snapshots from the votes, show them.", no_args_is_help=True)
 
@@ -34,7 +34,7 @@ def compute(
     url: str | None = typer.Option(None, help="Database URL (default: ARENA_DATABASE_URL)"),
 ) -> None:
     """Recompute every category's leaderboard (plain and style-controlled) and store snapshots."""
-    from arena.leaderboard import LeaderboardOptions, compute_leaderboards
+    from arena.leaderboard.job import LeaderboardOptions, compute_leaderboards
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     exclude_anomalous = (
@@ -77,7 +77,7 @@ def show(
     url: str | None = typer.Option(None, help="Database URL (default: ARENA_DATABASE_URL)"),
 ) -> None:
     """Print the newest stored leaderboard."""
-    from arena.leaderboard import latest_view
+    from arena.leaderboard.view import latest_view
 
     if output not in ("table", "json", "csv"):
         raise typer.BadParameter("use table, json or csv", param_hint="--output")

@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from arena.active_sampler import ActivePairSampler
 from arena.battles import ArenaError, make_pair_sampler
 from arena.cli import app
 from arena.db.session import get_engine, session_factory
-from arena.leaderboard import latest_view
+from arena.leaderboard.active_sampler import ActivePairSampler
+from arena.leaderboard.refresher import LeaderboardRefresher
+from arena.leaderboard.view import latest_view
 from arena.providers.registry import ModelSpec
-from arena.web.leaderboard import LeaderboardRefresher
 from tests.conftest import migrate
 
 from .seed import TRUE_RATINGS, seed_votes
