@@ -61,8 +61,9 @@ from arena.ranking.style import STYLE_FEATURES, bootstrap_style_bt, prepare_styl
 
 logger = logging.getLogger(__name__)
 
-# A weak ridge keeps ratings finite when a model has won (or lost) every vote of a small category.
-LEADERBOARD_BT = BTConfig(l2=0.01)
+# The plain MLE, as the README promises. Where it is infinite (a model that only won or only lost
+# in a category or bootstrap round) the model is left unrated there, see arena.ranking.bradley_terry.
+LEADERBOARD_BT = BTConfig()
 HISTORY_PERIODS = 90
 
 
@@ -190,12 +191,15 @@ def _style_frame(votes: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def _plain_table(grouped: pd.DataFrame, options: LeaderboardOptions) -> tuple[pd.DataFrame, Any]:
+def _plain_table(grouped: pd.DataFrame, options: LeaderboardOptions) -> tuple[pd.DataFrame, Any, list[dict[str, Any]]]:
+    """The rated models' table, the pair counts, and the models without a finite MLE (with votes)."""
     counts = pair_counts_from_grouped(grouped[["model_a", "model_b", "winner", "count"]])
     fit = fit_bt(counts, LEADERBOARD_BT, options.scale)
     samples = bootstrap_bt(counts, options.rounds, options.seed, LEADERBOARD_BT, options.scale, point=fit)
     se = sandwich_se(counts, fit, LEADERBOARD_BT, options.scale)
-    return leaderboard_table(fit.ratings, samples, counts.votes_per_model(), se), counts
+    votes = counts.votes_per_model()
+    unrated = [{"model": model, "votes": int(votes[model])} for model in fit.unrated]
+    return leaderboard_table(fit.ratings, samples, votes, se), counts, unrated
 
 
 def _style_table(battles: pd.DataFrame, options: LeaderboardOptions) -> tuple[pd.DataFrame, dict[str, float]]:
@@ -260,9 +264,10 @@ def build_snapshots(
         plain: dict[str, Any] = {**base, "rows": []}
         order: list[str] = []
         if vote_count:
-            table, counts = _plain_table(in_grouped, options)
+            table, counts, unrated = _plain_table(in_grouped, options)
             order = list(table["model"])
             plain["rows"] = _rows_payload(table, meta)
+            plain["unrated"] = unrated
             plain["win_rate"] = _matrix_payload(counts.win_rate_matrix(), order)
             plain["battle_counts"] = _matrix_payload(counts.matrix(), order)
             plain["history"] = _history_payload(in_votes, options.history_freq, order)

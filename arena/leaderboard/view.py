@@ -33,6 +33,11 @@ class LeaderboardView:
         return list(self.payload.get("categories", [OVERALL_CATEGORY]))
 
     @property
+    def unrated(self) -> list[dict[str, Any]]:
+        """Models with votes but no finite rating yet (they only won, or only lost, so far)."""
+        return list(self.payload.get("unrated", []))
+
+    @property
     def exclusions(self) -> dict[str, int]:
         return dict(self.payload.get("exclusions", {}))
 

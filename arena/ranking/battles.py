@@ -80,6 +80,17 @@ class PairCounts:
             out[self.second, self.first] = self.counts[:, swapped]
         return pd.DataFrame(out, index=self.models, columns=self.models)
 
+    def subset(self, keep: np.ndarray) -> PairCounts:
+        """The counts among the models where ``keep`` (n_models,) is true, in the same order."""
+        new_index = np.cumsum(keep) - 1
+        pairs = keep[self.first] & keep[self.second]
+        return PairCounts(
+            models=[m for m, k in zip(self.models, keep, strict=True) if k],
+            first=new_index[self.first[pairs]].astype(np.int64),
+            second=new_index[self.second[pairs]].astype(np.int64),
+            counts=self.counts[pairs],
+        )
+
     def win_rate_matrix(self, tie_weight: float = 0.5) -> pd.DataFrame:
         """Row model's empirical win rate against the column model (ties count ``tie_weight``); NaN if unseen."""
         wins = self.matrix(FIRST_WINS).to_numpy()

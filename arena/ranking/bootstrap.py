@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from arena.ranking.battles import PairCounts
-from arena.ranking.bradley_terry import BTConfig, BTFit, fit_bt, newton_bt, pair_totals
+from arena.ranking.bradley_terry import BTConfig, BTFit, fit_bt, newton_bt, pair_totals, rated_models
 from arena.ranking.scale import RatingScale
 
 # Rounds fitted together; bounds the (rounds, models, models) Hessian stack to a few hundred MB.
@@ -35,16 +35,24 @@ def fit_bt_rounds(
     scale: RatingScale | None = None,
     warm_start: BTFit | None = None,
 ) -> pd.DataFrame:
-    """Fit every round of resampled cells (rounds, n_pairs, 4); ratings (rounds x models) in Elo points."""
+    """Fit every round of resampled cells (rounds, n_pairs, 4); ratings (rounds x models) in Elo points.
+
+    Without a ridge, a round rates only the largest strongly connected part of its comparison
+    graph (within the point fit's rated models, when ``warm_start`` is given); the others are NaN
+    in that round, and the round is aligned to the point fit over the models it does rate.
+    """
     config = config or BTConfig()
     scale = scale or RatingScale()
     theta0 = None if warm_start is None else warm_start.theta
+    within = None if warm_start is None else warm_start.rated
     results = []
     for start in range(0, cells.shape[0], MAX_ROUNDS_PER_BATCH):
         n, s = pair_totals(cells[start : start + MAX_ROUNDS_PER_BATCH], config)
-        theta, _, _ = newton_bt(counts.first, counts.second, n, s, counts.n_models, config, theta0)
+        rated = rated_models(counts.first, counts.second, n, s, counts.n_models, within) if config.l2 == 0 else None
+        theta, _, _ = newton_bt(counts.first, counts.second, n, s, counts.n_models, config, theta0, rated)
         results.append(theta)
-    points = scale.to_points(np.concatenate(results), counts.models)
+    reference = None if warm_start is None else warm_start.ratings.to_numpy()
+    points = scale.to_points(np.concatenate(results), counts.models, reference)
     return pd.DataFrame(points, columns=counts.models)
 
 
@@ -91,10 +99,15 @@ def leaderboard_table(
     se: pd.Series | None = None,
     level: float = 0.95,
 ) -> pd.DataFrame:
-    """One row per model, best first: rank, rating, CI bounds (bootstrap, else rating +- z*se), votes, se."""
+    """One row per rated model, best first: rank, rating, CI bounds (bootstrap, else rating +- z*se),
+    votes, se. Unrated models (NaN rating: no finite MLE) are left out; a model unrated in every
+    bootstrap round gets its rating as both bounds."""
+    ratings = ratings.dropna()
     table = pd.DataFrame({"rating": ratings})
     if samples is not None:
         table = table.join(confidence_intervals(samples[ratings.index], level))
+        table["lower"] = table["lower"].fillna(table["rating"])
+        table["upper"] = table["upper"].fillna(table["rating"])
     elif se is not None:
         from scipy.stats import norm
 

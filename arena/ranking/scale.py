@@ -38,13 +38,29 @@ class RatingScale:
             return models.index(self.anchor_model)
         return None
 
-    def to_points(self, theta: np.ndarray, models: list[str]) -> np.ndarray:
-        """Convert strengths of shape (..., n_models) to Elo points, anchoring each row separately."""
-        centered = theta - theta.mean(axis=-1, keepdims=True)
-        points = centered * self.points_per_logit + self.init_rating
+    def to_points(self, theta: np.ndarray, models: list[str], reference: np.ndarray | None = None) -> np.ndarray:
+        """Convert strengths of shape (..., n_models) to Elo points, anchoring each row separately.
+
+        NaN marks an unrated model: it stays NaN and is left out of the centring. A row whose
+        anchor is unrated is aligned to ``reference`` (the point fit's ratings) over the models
+        both rate, when given, so that leaving a model out never shifts the others.
+        """
+        theta = np.asarray(theta, dtype=float)
+        rated = np.isfinite(theta)
+        counts = np.maximum(rated.sum(axis=-1, keepdims=True), 1)
+        mean = np.where(rated, theta, 0.0).sum(axis=-1, keepdims=True) / counts
+        points = (theta - mean) * self.points_per_logit + self.init_rating
         anchor = self.anchor_index(models)
+        pinned = np.zeros(points.shape[:-1] + (1,), bool)
         if anchor is not None:
-            points = points + (self.anchor_rating - points[..., [anchor]])
+            pinned = np.isfinite(points[..., [anchor]])
+            points = np.where(pinned, points + (self.anchor_rating - points[..., [anchor]]), points)
+        if reference is not None:
+            gap = np.asarray(reference, dtype=float) - points
+            common = np.isfinite(gap)
+            shift = np.where(common, gap, 0.0).sum(axis=-1, keepdims=True) / np.maximum(
+                common.sum(axis=-1, keepdims=True), 1)
+            points = np.where(pinned, points, points + shift)
         return points
 
     def gauge_matrix(self, models: list[str]) -> np.ndarray:

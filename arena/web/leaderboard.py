@@ -180,6 +180,15 @@ def _table(view: LeaderboardView) -> str:
     return f'<table id="leaderboard-table"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
+def _unrated(view: LeaderboardView) -> str:
+    """The models left out of the table because their votes do not pin a rating down yet."""
+    if not view.unrated:
+        return ""
+    names = ", ".join(f"{html.escape(m['model'])} ({m['votes']} votes)" for m in view.unrated)
+    return ('<p class="meta" id="unrated-models">Not rated yet, because so far they only won or only lost '
+            f"against the rated models (the maximum-likelihood rating is infinite): {names}</p>")
+
+
 def _score(score: float | None) -> str:
     return "–" if score is None else f"{score:.2f}"
 
@@ -204,7 +213,7 @@ def _plots(view: LeaderboardView) -> str:
 def render_page(view: LeaderboardView) -> str:
     """The whole leaderboard page as HTML."""
     title = "Style-controlled leaderboard" if view.style_control else "Leaderboard"
-    content = _empty_state(view) if view.empty else _table(view) + _plots(view)
+    content = _empty_state(view) + _unrated(view) if view.empty else _table(view) + _unrated(view) + _plots(view)
     return (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
         f"<title>Arena {title}</title><style>{PAGE_CSS}</style></head><body>"

@@ -84,3 +84,31 @@ def test_anomalous_voter_is_flagged_and_excluded(db_sessions):
     assert adversary is not None and adversary.anomalous
     assert [flag.visitor_id for flag in flags] == ["adversary-4"] and "Fisher" in flags[0].detail
     assert view.exclusions["anomalous_voter"] == 30 and view.vote_count == 250
+
+
+def test_snapshot_shows_the_mle_and_lists_a_model_with_only_wins_as_unrated():
+    """Point 1 and 2 of issue 20: no ridge, and a model whose MLE is infinite is listed, not rated."""
+    from datetime import UTC, datetime
+
+    import pandas as pd
+
+    from arena.leaderboard.job import build_snapshots
+    from arena.ranking import fit_bt, pair_counts
+
+    rows = [("m1", "m2", "a", 30), ("m1", "m2", "b", 20), ("m2", "m3", "a", 25), ("m2", "m3", "b", 15),
+            ("m1", "m3", "a", 12), ("m1", "m3", "tie", 8), ("m3", "m1", "a", 5), ("new", "m1", "a", 2),
+            ("new", "m3", "a", 1)]
+    grouped = pd.DataFrame([(a, b, w, None, n) for a, b, w, n in rows],
+                           columns=["model_a", "model_b", "winner", "tags", "count"])
+    votes = pd.DataFrame([(a, b, w, datetime(2026, 1, 1, tzinfo=UTC), None, None, None)
+                          for a, b, w, n in rows for _ in range(n)],
+                         columns=["model_a", "model_b", "winner", "timestamp", "visitor", "tags", "style"])
+    snapshots = build_snapshots(grouped, votes, {}, {}, LeaderboardOptions(rounds=20), datetime.now(UTC))
+    payload = snapshots[0].payload
+    assert payload["unrated"] == [{"model": "new", "votes": 3}]
+    shown = {row["model"]: row["rating"] for row in payload["rows"]}
+    battles = votes[votes["model_a"] != "new"][["model_a", "model_b", "winner"]]
+    mle = fit_bt(pair_counts(battles)).ratings
+    assert set(shown) == {"m1", "m2", "m3"}
+    for model, rating in shown.items():
+        assert abs(rating - mle[model]) <= 0.051  # rounded to 0.1 in the payload

@@ -49,9 +49,15 @@ def _loss_grad(r, pairs, y, w, alpha):
     return loss, grad
 
 
-def lbfgs_bt(pairs, y, n_models, alpha, weights):
+# FastChat's settings; CONVERGED runs the same estimator until its gradient is negligible, which
+# sparse data needs (FastChat's 100 iterations stop short there).
+FASTCHAT_OPTIONS = {"maxiter": 100, "gtol": 1e-6}
+CONVERGED = {"maxiter": 20_000, "gtol": 1e-9, "ftol": 1e-15}
+
+
+def lbfgs_bt(pairs, y, n_models, alpha, weights, options=None):
     res = minimize(_loss_grad, np.zeros(n_models), args=(pairs, y, weights, alpha), jac=True,
-                   method="L-BFGS-B", options={"maxiter": 100, "gtol": 1e-6})
+                   method="L-BFGS-B", options=options or FASTCHAT_OPTIONS)
     return res.x
 
 
@@ -62,9 +68,9 @@ def to_points(r: np.ndarray, models: list[str]) -> np.ndarray:
     return points
 
 
-def reference_bt(df: pd.DataFrame) -> pd.Series:
+def reference_bt(df: pd.DataFrame, options=None) -> pd.Series:
     pairs, y, models, w = unique_matchups(df)
-    return pd.Series(to_points(lbfgs_bt(pairs, y, len(models), math.log(10), w), models), index=models)
+    return pd.Series(to_points(lbfgs_bt(pairs, y, len(models), math.log(10), w, options), models), index=models)
 
 
 def reference_bt_weights(df: pd.DataFrame, rounds: int, seed: int = 0):
@@ -103,17 +109,17 @@ def _style_loss_grad(params, n_models, pairs, x, y, alpha, reg):
     return loss, grad
 
 
-def lbfgs_style(pairs, x, y, n_models, rows=None, alpha=math.log(10), reg=0.5):
+def lbfgs_style(pairs, x, y, n_models, rows=None, alpha=math.log(10), reg=0.5, options=None):
     if rows is not None:
         pairs, x, y = pairs[rows], x[rows], y[rows]
     res = minimize(_style_loss_grad, np.zeros(n_models + x.shape[1]), args=(n_models, pairs, x, y, alpha, reg),
-                   jac=True, method="L-BFGS-B", options={"maxiter": 100, "gtol": 1e-6})
+                   jac=True, method="L-BFGS-B", options=options or FASTCHAT_OPTIONS)
     return res.x
 
 
-def reference_style(df: pd.DataFrame) -> tuple[pd.Series, np.ndarray]:
+def reference_style(df: pd.DataFrame, options=None) -> tuple[pd.Series, np.ndarray]:
     pairs, x, y, models = style_inputs(df)
-    params = lbfgs_style(pairs, x, y, len(models))
+    params = lbfgs_style(pairs, x, y, len(models), options=options)
     return pd.Series(to_points(params[: len(models)], models), index=models), params[len(models):]
 
 
