@@ -26,6 +26,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
+from sqlalchemy import false as sa_false
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -47,6 +48,10 @@ def utcnow() -> datetime:
 
 def new_id() -> str:
     return uuid.uuid4().hex
+
+
+LIVE_SOURCE = "live"  # Battle.source of battles fought on this server
+IMPORT_SOURCE_PREFIX = "import:"  # Battle.source of imported ones: import:<label>
 
 
 class Base(DeclarativeBase):
@@ -172,6 +177,14 @@ class Battle(Base):
     # Category tags and style features, computed once per battle by arena.ranking.
     tags: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
     style: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
+    # Where the battle happened: ``live`` on this server, or ``import:<label>`` for a public battle
+    # log read by ``arena import battles``; ``source_key`` identifies an imported row (re-imports skip it).
+    source: Mapped[str] = mapped_column(String(100), default=LIVE_SOURCE, server_default=LIVE_SOURCE, index=True)
+    source_key: Mapped[str | None] = mapped_column(String(64), unique=True)
+    # Hash of the first prompt (for lmarena's prompt de-duplication) and whether the newest
+    # leaderboard run down-sampled this battle away as one of a too often repeated prompt.
+    prompt_hash: Mapped[str | None] = mapped_column(String(32), index=True)
+    prompt_downsampled: Mapped[bool] = mapped_column(Boolean, default=False, server_default=sa_false())
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
 
@@ -227,3 +240,20 @@ class LeaderboardSnapshot(Base):
     style_control: Mapped[bool] = mapped_column(Boolean, default=False)
     vote_count: Mapped[int] = mapped_column(Integer, default=0)
     payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class MTBenchScore(Base):
+    """A model's MT-bench result from ``arena-judge mt-bench`` (single-answer grading), one row per
+    (model, judge), replaced by each newer run; the leaderboard page reads its column from here."""
+
+    __tablename__ = "mt_bench_scores"
+    __table_args__ = (UniqueConstraint("model", "judge", name="uq_mt_bench_scores_model"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    model: Mapped[str] = mapped_column(String(200))
+    judge: Mapped[str] = mapped_column(String(200))
+    score: Mapped[float] = mapped_column(Float)
+    turn_1: Mapped[float | None] = mapped_column(Float)
+    turn_2: Mapped[float | None] = mapped_column(Float)
+    judged_turns: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)

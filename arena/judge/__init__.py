@@ -1,8 +1,4 @@
-"""LLM-as-a-judge evaluation (``arena-judge``): MT-bench questions, answers, judgments, results.
+"""arena-judge: MT-bench with an LLM as the judge (answers, judgments, results, agreement).
 
-The leaderboard reads per-model MT-bench scores with :func:`mt_bench_scores`.
+Single-mode scores are stored in the arena database (``mt_bench_scores``) for the leaderboard page.
 """
-
-from arena.judge.results import mt_bench_scores
-
-__all__ = ["mt_bench_scores"]

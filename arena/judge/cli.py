@@ -25,6 +25,7 @@ from arena.config import REPO_ROOT
 from arena.judge import agreement as agreement_lib
 from arena.judge import tables
 from arena.judge.answers import AnswerStats, answered_models, generate_answers, load_answer_turns
+from arena.judge.arena_db import ArenaDatabaseError, open_arena_database, store_mt_bench_scores
 from arena.judge.calls import CallPolicy
 from arena.judge.costs import PriceTable, UsageMeter
 from arena.judge.judging import (
@@ -71,7 +72,7 @@ Everything lands in --out-dir (env ARENA_MT_BENCH_DIR): model_answer/<model>.jso
 )
 app.add_typer(mt_bench, name="mt-bench")
 
-DEFAULT_OUT_DIR = REPO_ROOT / "data" / "runs" / "mt_bench"  # results.default_out_dir() without the env
+DEFAULT_OUT_DIR = REPO_ROOT / "data" / "runs" / "mt_bench"
 
 OutDir = Annotated[
     Path,
@@ -119,6 +120,17 @@ JudgeName = Annotated[str, typer.Option("--judge", "-j", help="Judge model name 
 ModeOption = Annotated[Mode, typer.Option("--mode", help="single, pairwise-baseline or pairwise-all.")]
 Baseline = Annotated[str | None, typer.Option("--baseline", help="Baseline model for pairwise-baseline.")]
 NoSwap = Annotated[bool, typer.Option("--no-swap", help="Pairwise: judge one order only (no position swap).")]
+DatabaseUrl = Annotated[
+    str | None,
+    typer.Option("--database-url", envvar="ARENA_DATABASE_URL",
+                 help="Arena database URL (default: ARENA_DATABASE_URL, else the arena's default)."),
+]
+StoreScores = Annotated[
+    bool,
+    typer.Option(help="Single mode: store the scores in the arena database for the leaderboard's MT-bench column."),
+]
+
+RESUME_HINT = "Interrupted. Everything finished so far is saved; run the same command again to resume."
 
 
 def _console() -> Console:
@@ -130,9 +142,19 @@ def _user_errors() -> Iterator[None]:
     """Turn bad input into a clear message and exit status 2 instead of a traceback."""
     try:
         yield
-    except (DataFileError, RegistryError, UnknownModelError, StoreError, ValueError) as exc:
+    except (DataFileError, RegistryError, UnknownModelError, StoreError, ArenaDatabaseError, ValueError) as exc:
         _console().print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
+
+
+@contextmanager
+def _resumable() -> Iterator[None]:
+    """On Ctrl-C, say that the work is saved and a rerun resumes, instead of a bare traceback."""
+    try:
+        yield
+    except KeyboardInterrupt as exc:
+        _console().print(f"[yellow]{RESUME_HINT}[/yellow]")
+        raise typer.Exit(130) from exc
 
 
 def _load_questions(
@@ -210,7 +232,7 @@ def gen_answers_command(
                 )
         return results
 
-    with _user_errors():
+    with _user_errors(), _resumable():
         stats = asyncio.run(run_all())
     console.print(tables.answers_table(stats))
     _print_usage(console, meter, price_table)
@@ -270,6 +292,8 @@ def judge_command(
     retry_unparseable: Annotated[
         bool, typer.Option(help="Judge again the cached judgments that were unparseable.")
     ] = False,
+    database_url: DatabaseUrl = None,
+    store_scores: StoreScores = True,
     concurrency: Concurrency = 8,
     timeout: Timeout = 120.0,
     max_attempts: Attempts = 4,
@@ -305,12 +329,14 @@ def judge_command(
         finally:
             await client.close()
 
-    with _user_errors():
+    with _user_errors(), _resumable():
         stats = asyncio.run(run())
     console.print(f"{len(loaded)} questions from {describe}")
     console.print(tables.judge_stats_table(stats))
     usage = _print_usage(console, meter, price_table)
-    _report(console, out_dir, mode, judge, plan, store, baseline, {"stats": vars(stats), "usage": usage})
+    summary = _report(console, out_dir, mode, judge, plan, store, baseline, {"stats": vars(stats), "usage": usage})
+    if mode is Mode.SINGLE and store_scores:
+        _store_scores(console, database_url, judge, summary)
     if stats.errors:
         console.print(
             "[yellow]Some judge calls failed; run the same command again to judge only those.[/yellow]"
@@ -326,8 +352,9 @@ def _report(
     plan: TaskPlan,
     store: Any,
     baseline: str | None,
-    run_info: dict[str, Any],
-) -> None:
+    run_info: dict[str, Any] | None,
+) -> dict[str, dict[str, Any]]:
+    """Print and write the results; ``run_info`` None keeps the run statistics already on file."""
     if mode is Mode.SINGLE:
         rows = single_scores(plan, store)
         summary = summarize_single(rows)
@@ -335,11 +362,23 @@ def _report(
     else:
         rows = pairwise_outcomes(plan, store)
         summary = summarize_pairwise(rows, baseline if mode is Mode.PAIRWISE_BASELINE else None)
-        if mode is Mode.PAIRWISE_BASELINE:
+        if mode is Mode.PAIRWISE_BASELINE and run_info is not None:
             run_info = {**run_info, "baseline": baseline}
         console.print(tables.pairwise_table(summary, judge, mode, baseline))
     paths = write_results(out_dir, mode, judge, summary, rows, run_info)
     console.print("Wrote " + ", ".join(str(p) for p in paths.values()))
+    return summary
+
+
+def _store_scores(console: Console, database_url: str | None, judge: str, summary: dict[str, dict[str, Any]]) -> None:
+    """Store the single-mode scores in the arena database; without one, say so (the files are written)."""
+    try:
+        engine = open_arena_database(database_url, "mt_bench_scores")
+    except ArenaDatabaseError as exc:
+        console.print(f"[yellow]MT-bench scores not stored for the leaderboard: {exc}[/yellow]")
+        return
+    stored = store_mt_bench_scores(engine, judge, summary)
+    console.print(f"Stored {stored} MT-bench scores ({judge} as judge) in the arena database.")
 
 
 @mt_bench.command("show")
@@ -353,8 +392,13 @@ def show_command(
     data_dir: DataDir = None,
     questions: QuestionsFile = None,
     limit: Limit = None,
+    database_url: DatabaseUrl = None,
+    store_scores: StoreScores = True,
 ) -> None:
-    """Print the results table from cached judgments (no model calls) and write JSON, CSV and PNG."""
+    """Print the results table from cached judgments (no model calls) and write JSON, CSV and PNG.
+
+    The run statistics that `judge` wrote stay as they were; `show` only adds how many judgments
+    are still missing."""
     console = _console()
     with _user_errors():
         plan, _, _ = _plan(out_dir, mode, judge, model, baseline, not no_swap, data_dir, questions, limit)
@@ -364,7 +408,9 @@ def show_command(
         console.print(
             f"[yellow]{missing} of {len(plan.tasks)} judgments are not made yet (run `judge`).[/yellow]"
         )
-    _report(console, out_dir, mode, judge, plan, store, baseline, {"missing_judgments": missing})
+    summary = _report(console, out_dir, mode, judge, plan, store, baseline, None)
+    if mode is Mode.SINGLE and store_scores:
+        _store_scores(console, database_url, judge, summary)
 
 
 def _judge_outcomes(plan: TaskPlan, store: Any, mode: Mode) -> dict[Any, str]:
@@ -384,9 +430,7 @@ def agreement_command(
     human: Annotated[
         bool, typer.Option("--human", help="Compare with human votes in the arena database.")
     ] = False,
-    database_url: Annotated[
-        str | None, typer.Option(help="Arena database URL (default: ARENA_DATABASE_URL).")
-    ] = None,
+    database_url: DatabaseUrl = None,
     model: Models = None,
     baseline: Baseline = None,
     out_dir: OutDir = DEFAULT_OUT_DIR,
@@ -417,9 +461,7 @@ def agreement_command(
             other = _judge_outcomes(other_plan, other_store, mode)
             report["vs_judge"] = {"other_judge": other_judge, **agreement_lib.agreement(outcomes, other)}
         if human:
-            from arena.db.session import get_engine
-
-            votes = agreement_lib.load_human_votes(get_engine(database_url))
+            votes = agreement_lib.load_human_votes(open_arena_database(database_url, "votes"))
             report["vs_human"] = agreement_lib.human_agreement(outcomes, votes, loaded)
     console.print(tables.agreement_table(report))
     path = Path(str(results_stem(out_dir, mode, judge)) + "__agreement.json")

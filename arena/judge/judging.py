@@ -172,6 +172,9 @@ class JudgeStats:
     missing_answers: int = 0
 
 
+REASK_TEMPERATURE = 0.7  # re-asks after the first one sample, so they can differ
+
+
 @dataclass(frozen=True)
 class ParsePolicy:
     """How hard to try for a parseable verdict."""
@@ -239,7 +242,7 @@ async def _judge_one(
             messages,
             policy,
             meter,
-            temperature=0.0,
+            temperature=reask_temperature(attempt),
             max_tokens=JUDGE_MAX_TOKENS,
             extra_body=extra_body,
         )
@@ -256,6 +259,13 @@ async def _judge_one(
         )
         messages = [*task.messages(), {"role": "assistant", "content": result.text}, _reminder(task)]
     return task.record(None, UNPARSEABLE, outputs, (prompt_tokens, completion_tokens))
+
+
+def reask_temperature(attempt: int) -> float:
+    """Temperature of judge call ``attempt`` (0 = the first ask): 0 for the first ask and the first
+    re-ask, then higher. At temperature 0 a second re-ask after the same unparseable reply would be
+    byte-identical to the first one and get the same reply back: a paid call that cannot help."""
+    return 0.0 if attempt <= 1 else REASK_TEMPERATURE
 
 
 def _reminder(task: JudgeTask) -> dict[str, str]:

@@ -2,33 +2,25 @@
 
 Results are computed from the *current* plan (today's questions, answers and prompts)
 looked up in the judgment store, so stale judgments of changed answers never leak in.
-``mt_bench_scores`` reads the summary files back, for the leaderboard's "MT-bench" column.
+Single-mode scores also go to the arena database (:mod:`arena.judge.arena_db`), where the
+leaderboard page reads its "MT-bench" column.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from collections import defaultdict
 from datetime import UTC, datetime
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from arena.config import REPO_ROOT
 from arena.judge.judging import OK, UNPARSEABLE, JudgeTask, Mode, TaskPlan
 from arena.judge.store import JsonlStore, safe_name
 
 RESULTS_DIR = "results"
-OUT_DIR_ENV = "ARENA_MT_BENCH_DIR"
 TIE = "tie"
-
-
-def default_out_dir() -> Path:
-    """The run folder of ``arena-judge mt-bench``: env ``ARENA_MT_BENCH_DIR`` or data/runs/mt_bench."""
-    return Path(os.environ.get(OUT_DIR_ENV) or REPO_ROOT / "data" / "runs" / "mt_bench")
 
 
 def results_stem(out_dir: Path, mode: Mode, judge: str) -> Path:
@@ -182,11 +174,18 @@ def write_results(
     judge: str,
     summary: dict[str, dict[str, Any]],
     rows: pd.DataFrame,
-    run_info: dict[str, Any],
+    run_info: dict[str, Any] | None,
 ) -> dict[str, Path]:
-    """Write the summary (JSON), the per-judgment rows (CSV) and a plot (PNG)."""
+    """Write the summary (JSON), the per-judgment rows (CSV) and a plot (PNG).
+
+    ``run_info`` (the judge run's statistics) None keeps those of the file being replaced:
+    ``show`` re-renders results without having run anything.
+    """
     stem = results_stem(out_dir, mode, judge)
     stem.parent.mkdir(parents=True, exist_ok=True)
+    if run_info is None:
+        previous = stem.with_suffix(".json")
+        run_info = json.loads(previous.read_text(encoding="utf-8")).get("run", {}) if previous.is_file() else {}
     payload = {
         "mode": mode.value,
         "judge": judge,
@@ -208,30 +207,3 @@ def write_results(
     else:
         plot_pairwise(summary, paths["png"], title=f"MT-bench {mode.value} ({judge} as judge)")
     return paths
-
-
-def mt_bench_scores(results_dir: str | Path | None = None, judge: str | None = None) -> dict[str, float]:
-    """Average MT-bench score (1-10, both turns) per model, from single-mode results.
-
-    ``results_dir`` is the run folder of ``arena-judge mt-bench`` (``--out-dir``; default
-    :func:`default_out_dir`). With ``judge`` None the most recently written single-mode
-    result is used. Models without a score, or a folder without results, give ``{}``.
-    """
-    results_dir = Path(results_dir) if results_dir is not None else default_out_dir()
-    folder = results_dir / RESULTS_DIR
-    if judge is not None:
-        candidates = [results_stem(results_dir, Mode.SINGLE, judge).with_suffix(".json")]
-    else:
-        candidates = sorted(folder.glob(f"{Mode.SINGLE.value}__*.json"), key=lambda p: p.stat().st_mtime)[-1:]
-    if not candidates or not candidates[0].is_file():
-        return {}
-    return dict(_scores_in(str(candidates[0]), candidates[0].stat().st_mtime_ns))
-
-
-@lru_cache(maxsize=8)
-def _scores_in(path: str, mtime_ns: int) -> tuple[tuple[str, float], ...]:
-    """The scores of one result file, parsed once per version of it (pages ask on every request)."""
-    payload = json.loads(Path(path).read_text(encoding="utf-8"))
-    return tuple(
-        (model, float(row["score"])) for model, row in payload["models"].items() if row.get("score") is not None
-    )

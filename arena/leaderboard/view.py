@@ -7,10 +7,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from arena.db.models import OVERALL_CATEGORY, LeaderboardSnapshot
+from arena.db.models import OVERALL_CATEGORY, LeaderboardSnapshot, MTBenchScore
 
 
 @dataclass
@@ -73,3 +73,16 @@ def _known_categories(session: Session) -> list[str]:
     ).first()
     return list(latest.payload.get("categories", [OVERALL_CATEGORY])) if latest else [OVERALL_CATEGORY]
 
+
+
+def mt_bench_scores(session: Session) -> dict[str, float]:
+    """Each model's MT-bench score (1-10) from the judge whose ``arena-judge`` run is the newest;
+    ``{}`` before any run stored scores."""
+    newest = session.execute(
+        select(MTBenchScore.judge).order_by(MTBenchScore.created_at.desc(), MTBenchScore.id.desc()).limit(1)
+    ).scalar()
+    if newest is None:
+        return {}
+    rows = session.execute(select(MTBenchScore.model, func.max(MTBenchScore.score))
+                           .where(MTBenchScore.judge == newest).group_by(MTBenchScore.model)).all()
+    return {model: float(score) for model, score in rows}

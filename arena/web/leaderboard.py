@@ -23,8 +23,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from sqlalchemy.orm import Session, sessionmaker
 
 from arena.db.models import OVERALL_CATEGORY
-from arena.judge import mt_bench_scores
-from arena.leaderboard.view import LeaderboardView, latest_view
+from arena.leaderboard.view import LeaderboardView, latest_view, mt_bench_scores
 
 logger = logging.getLogger(__name__)
 
@@ -42,10 +41,10 @@ def _sessions(request: Request) -> sessionmaker[Session]:
 
 
 def read_view(sessions: sessionmaker[Session], category: str, style_control: bool) -> LeaderboardView:
-    """The newest snapshot, with each model's MT-bench score (``arena-judge``) where one exists."""
+    """The newest snapshot, with each model's MT-bench score (stored by ``arena-judge``) where one exists."""
     with sessions() as session:
         view = latest_view(session, category, style_control)
-    scores = mt_bench_scores()
+        scores = mt_bench_scores(session)
     if scores:
         view.rows = [{**row, "mt_bench": scores.get(row["model"])} for row in view.rows]
     return view

@@ -36,6 +36,18 @@ REFUSAL = "I'm sorry, but I can't help with evaluating this."
 ANSWER_PATTERN = re.compile(r"([A-Z]+) answers question (\d+) turn (\d+)")
 
 
+@pytest.fixture(autouse=True)
+def no_default_arena_database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Point ARENA_DATABASE_URL at a database that does not exist, so no test writes MT-bench
+    scores into a real arena database by default; tests that want one pass --database-url."""
+    from arena.config import get_settings
+
+    monkeypatch.setenv("ARENA_DATABASE_URL", f"sqlite:///{tmp_path / 'no-arena-here.db'}")
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
+
+
 @pytest.fixture(scope="session")
 def mt_bench_dir() -> Path:
     folder = SHARED_DATA / "mt_bench"

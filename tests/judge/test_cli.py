@@ -1,21 +1,39 @@
 """`arena-judge mt-bench` end to end against the local OpenAI-compatible test server.
 
 Every mode, the judgment cache (reruns make no judge calls), unparseable and refused
-verdicts, a rate limit, a timeout, results files and the leaderboard's score function.
+verdicts, a rate limit, a timeout, results files, the scores stored for the leaderboard, and
+the fixes of issue 20 point 7 (clear database errors, varied re-asks, `show` keeping the run
+statistics, the resume hint on Ctrl-C).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
-import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
-from arena.judge import mt_bench_scores
+from arena.db.models import MTBenchScore
+from arena.db.session import get_engine
+from arena.judge.judging import REASK_TEMPERATURE
+from tests.conftest import migrate
 from tests.fake_openai import FakeOpenAI, Reply
 from tests.judge.cli_helpers import data_args, generate, invoke, out_dir_of
-from tests.judge.conftest import write_registry
+from tests.judge.conftest import REFUSAL, write_registry
+
+
+def stored_scores(url: str, judge: str) -> dict[str, float]:
+    """The MT-bench scores arena-judge stored in the arena database for ``judge``."""
+    with Session(get_engine(url)) as session:
+        rows = session.scalars(select(MTBenchScore).where(MTBenchScore.judge == judge)).all()
+    return {row.model: row.score for row in rows}
 
 
 def test_help_explains_every_command() -> None:
@@ -56,11 +74,12 @@ def test_gen_answers_is_resumable_and_survives_a_timeout(server: FakeOpenAI, run
     assert not server.calls() and "No model calls" in rerun
 
 
-def test_single_mode_full_run_then_cache(
-    server: FakeOpenAI, answered_args: list[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+def test_single_mode_full_run_then_cache(server: FakeOpenAI, answered_args: list[str], tmp_path: Path) -> None:
+    arena_url = f"sqlite:///{tmp_path / 'arena.db'}"
+    migrate(arena_url)
     server.reset()
-    invoke("judge", "--judge", "judge-x", "--mode", "single", *answered_args)
+    output = invoke("judge", "--judge", "judge-x", "--mode", "single", "--database-url", arena_url, *answered_args)
+    assert "Stored 3 MT-bench scores" in output
     stem = out_dir_of(answered_args) / "results" / "single__judge-x"
     payload = json.loads(stem.with_suffix(".json").read_text())
     stats = payload["run"]["stats"]
@@ -79,10 +98,10 @@ def test_single_mode_full_run_then_cache(
     )
     assert stem.with_suffix(".png").stat().st_size > 1000
     assert len(stem.with_suffix(".csv").read_text().splitlines()) == 97
-    assert mt_bench_scores(out_dir_of(answered_args)) == {"alpha": 8.0, "gamma": 6.0, "beta": 4.0}
-    monkeypatch.setenv("ARENA_MT_BENCH_DIR", str(out_dir_of(answered_args)))
-    assert mt_bench_scores()["alpha"] == 8.0, "the leaderboard calls it without arguments"
-    assert mt_bench_scores(tmp_path / "no-runs-here") == {}
+    assert stored_scores(arena_url, "judge-x") == {"alpha": 8.0, "gamma": 6.0, "beta": 4.0}
+    # The refused re-asks: the first re-ask repeats temperature 0, the next one samples.
+    refused = [r for r in server.calls("judge") if len(r.messages) > 2 and r.messages[-2]["content"] == REFUSAL]
+    assert sorted({r.temperature for r in refused}) == [0.0, REASK_TEMPERATURE]
     # Reference-guided prompts were used for math/reasoning/coding.
     guided = {
         json.dumps(r.messages)
@@ -100,6 +119,9 @@ def test_single_mode_full_run_then_cache(
 
     shown = invoke("show", "--judge", "judge-x", "--mode", "single", *data_args(answered_args))
     assert "8.00" in shown and not server.calls()
+    after_show = json.loads(stem.with_suffix(".json").read_text())["run"]["stats"]
+    assert after_show == rerun_stats, "show keeps the statistics of the last judge run"
+    assert "not stored for the leaderboard" in shown and "arena db upgrade" in shown
 
 
 def test_unparseable_retry_with_guided_choice(server: FakeOpenAI, answered_args: list[str]) -> None:
@@ -186,4 +208,40 @@ def test_failed_judge_calls_are_reported_and_retried_next_run(run_args: list[str
         assert not (out_dir_of(args) / "judgments.jsonl").exists()
         endpoint.responder = lambda r: "Fine. [[5]]"
         invoke("judge", "--judge", "judge-x", "--limit", "2", *args)
-        assert mt_bench_scores(out_dir_of(args), judge="judge-x") == {"alpha": 5.0}
+        payload = json.loads((out_dir_of(args) / "results" / "single__judge-x.json").read_text())
+        assert payload["models"]["alpha"]["score"] == 5.0
+
+
+def test_agreement_with_humans_without_an_arena_database_is_a_clear_error(
+    answered_args: list[str], tmp_path: Path
+) -> None:
+    missing = tmp_path / "missing.db"
+    output = invoke("agreement", "--judge", "judge-x", "--mode", "single", "--human",
+                    "--database-url", f"sqlite:///{missing}", *data_args(answered_args), expect=2)
+    assert "no arena database at" in output and "arena db upgrade" in output and "Traceback" not in output
+    assert not missing.exists(), "checking must not leave an empty SQLite file behind"
+    empty = tmp_path / "empty.db"
+    empty.write_bytes(b"")
+    output = invoke("agreement", "--judge", "judge-x", "--mode", "single", "--human",
+                    "--database-url", f"sqlite:///{empty}", *data_args(answered_args), expect=2)
+    assert "has no 'votes' table" in output and "arena db upgrade" in output
+
+
+def test_ctrl_c_says_that_a_rerun_resumes(answered_args: list[str], tmp_path: Path) -> None:
+    """SIGINT during a judge run: exit status 130 and the hint, not a bare traceback."""
+    with FakeOpenAI(lambda r: Reply(text="[[5]]", delay_s=60), models=["judge"]) as endpoint:
+        args = [*answered_args]
+        args[args.index("--models-file") + 1] = str(write_registry(tmp_path / "models.toml", endpoint.base_url))
+        command = [sys.executable, "-m", "arena.judge", "mt-bench", "judge", "--judge", "judge-x", *args]
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                   env={**os.environ, "COLUMNS": "200"})
+        try:
+            while not endpoint.calls("judge") and process.poll() is None:
+                time.sleep(0.05)  # waits for the first judge call to be in flight; asserts nothing on time
+            process.send_signal(signal.SIGINT)
+            output, _ = process.communicate(timeout=120)
+        finally:
+            if process.poll() is None:
+                process.kill()
+    assert process.returncode == 130, output
+    assert "run the same command again to resume" in output

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -47,8 +46,13 @@ def _serve(tmp_path: Path, with_votes: bool) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def voted_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    yield from _serve(tmp_path_factory.mktemp("voted"), with_votes=True)
+def voted_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("voted")
+
+
+@pytest.fixture(scope="module")
+def voted_url(voted_folder: Path) -> Iterator[str]:
+    yield from _serve(voted_folder, with_votes=True)
 
 
 @pytest.fixture(scope="module")
@@ -127,15 +131,14 @@ def test_gradio_tab_and_empty_page_in_browser(browser, voted_url: str, empty_url
     page.close()
 
 
-def test_mt_bench_column_appears_once_a_judge_run_exists(
-    voted_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("ARENA_MT_BENCH_DIR", str(tmp_path))  # no arena-judge run yet
-    assert "<th>MT-bench</th>" not in httpx.get(f"{voted_url}/leaderboard").text
-    (tmp_path / "results").mkdir()
-    (tmp_path / "results" / "single__gpt-4o.json").write_text(
-        json.dumps({"models": {"alpha-70b": {"score": 8.25}, "beta-8b": {"score": None}}})
-    )
+def test_mt_bench_column_appears_once_a_judge_run_stored_scores(voted_url: str, voted_folder: Path) -> None:
+    """The page reads the MT-bench column from the database, where `arena-judge` stores it."""
+    from arena.judge.arena_db import open_arena_database, store_mt_bench_scores
+
+    assert "<th>MT-bench</th>" not in httpx.get(f"{voted_url}/leaderboard").text  # no arena-judge run yet
+    engine = open_arena_database(f"sqlite:///{voted_folder / 'leaderboard.db'}", "mt_bench_scores")
+    store_mt_bench_scores(engine, "gpt-4o", {"alpha-70b": {"score": 8.25, "turns": {"turn_1": 8.5}, "judged": 32},
+                                             "beta-8b": {"score": None}})
     page = httpx.get(f"{voted_url}/leaderboard").text
     assert "<th>MT-bench</th>" in page and ">8.25</td>" in page
     rows = {r["model"]: r for r in httpx.get(f"{voted_url}/api/v1/leaderboard").json()["rows"]}
@@ -143,3 +146,6 @@ def test_mt_bench_column_appears_once_a_judge_run_exists(
     csv_rows = list(csv.DictReader(io.StringIO(
         httpx.get(f"{voted_url}/api/v1/leaderboard", params={"format": "csv"}).text)))
     assert {r["model"]: r["mt_bench"] for r in csv_rows}["alpha-70b"] == "8.25"
+    store_mt_bench_scores(engine, "gpt-4o", {"alpha-70b": {"score": 7.5}})  # a newer run replaces it
+    rows = {r["model"]: r for r in httpx.get(f"{voted_url}/api/v1/leaderboard").json()["rows"]}
+    assert rows["alpha-70b"]["mt_bench"] == 7.5
