@@ -1,6 +1,6 @@
 """The ``arena`` command: serve the platform, migrate the database, run the offline demo.
 
-Sub-commands of other parts (``arena export``, ``arena leaderboard``) are mounted here.
+Sub-commands of other parts (``arena export``, ``arena import``, ``arena leaderboard``) are mounted here.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import typer
 
 from arena.config import REPO_ROOT, get_settings
 from arena.export.cli import app as export_app
+from arena.imports.cli import app as import_app
 from arena.leaderboard.cli import app as leaderboard_app
 
 app = typer.Typer(help="Arena: chat with two anonymous models, vote, rank them.", no_args_is_help=True)
@@ -24,6 +25,7 @@ db_app = typer.Typer(help="Database schema (Alembic migrations).", no_args_is_he
 app.add_typer(db_app, name="db")
 app.add_typer(export_app, name="export", help="Export the public datasets (conversations, battles).")
 app.add_typer(leaderboard_app, name="leaderboard")
+app.add_typer(import_app, name="import")
 
 logger = logging.getLogger("arena")
 

@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 from sqlalchemy import Engine, Select, func, select
 
 from arena.db import Battle, Conversation, Flag, FlagKind, Message, Model, Visitor, Vote
+from arena.db.models import LIVE_SOURCE
 from arena.export.cleaning import Side
 from arena.export.release import ExportFilters, ReleasePolicy, releasable_models
 
@@ -160,6 +161,7 @@ class BattleSource(_IdOrderedSource):
 
     def _conditions(self) -> list[Any]:
         return [
+            Battle.source == LIVE_SOURCE,  # imported battle logs are someone else's release, not ours
             Battle.model_a.in_(self.models),
             Battle.model_b.in_(self.models),
             *_in_range(Battle.created_at, self.filters),

@@ -31,17 +31,27 @@ def compute(
     include_anomalous: bool = typer.Option(
         None, help="Count votes of anomalous visitors (default: the opposite of ARENA_EXCLUDE_ANOMALOUS_VOTERS)"),
     detect_anomalies: bool = typer.Option(True, help="Run anomalous-voter detection first"),
+    dedup_prompts: bool = typer.Option(True, help="Down-sample the top 0.1% most repeated prompts (lmarena)"),
+    source: list[str] = typer.Option(
+        [], "--source", help="Count only these battles (repeat): live, imported, or import:<label> (default: all)"),
     url: str | None = typer.Option(None, help="Database URL (default: ARENA_DATABASE_URL)"),
 ) -> None:
     """Recompute every category's leaderboard (plain and style-controlled) and store snapshots."""
     from arena.leaderboard.job import LeaderboardOptions, compute_leaderboards
+    from arena.leaderboard.votes import check_sources
+
+    try:
+        sources = check_sources(tuple(source))
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--source") from exc
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     exclude_anomalous = (
         get_settings().exclude_anomalous_voters if include_anomalous is None else not include_anomalous
     )
     options = LeaderboardOptions(rounds=rounds, exclude_flagged=not include_flagged,
-                                 exclude_anomalous_voters=exclude_anomalous, detect_anomalies=detect_anomalies)
+                                 exclude_anomalous_voters=exclude_anomalous, detect_anomalies=detect_anomalies,
+                                 dedup_prompts=dedup_prompts, sources=sources)
     console = Console()
     with console.status("computing leaderboards (tags, anomalies, Bradley-Terry, bootstrap)..."):
         snapshots = compute_leaderboards(_sessions(url), options)
@@ -66,7 +76,8 @@ def _table(view: LeaderboardView) -> Table:
 def _caption(view: LeaderboardView) -> str:
     updated = view.updated_at.strftime("%Y-%m-%d %H:%M UTC") if view.updated_at else "never"
     excluded = ", ".join(f"{n} {kind}" for kind, n in view.exclusions.items() if n) or "none"
-    return f"{view.vote_count} votes · updated {updated} · excluded: {excluded}"
+    sources = ", ".join(f"{n} {source}" for source, n in view.sources.items()) or "none"
+    return f"{view.vote_count} votes ({sources}) · updated {updated} · excluded: {excluded}"
 
 
 @app.command()

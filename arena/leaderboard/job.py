@@ -2,16 +2,20 @@
 
 Steps, each idempotent so an interrupted run can simply be run again:
 
-1. :func:`annotate_battles` computes category tags and style features for voted battles that do
-   not have them yet and stores them on the battle (once per battle).
-2. :func:`detect_anomalous_voters` flags visitors whose votes are improbable under the fitted
+1. :func:`annotate_battles` computes category tags, style features and the prompt hash for live
+   voted battles that do not have them yet and stores them on the battle (once per battle).
+   Imported battles (``arena import battles``) bring theirs from the battle log.
+2. :func:`mark_downsampled_prompts` applies lmarena's de-duplication: battles beyond the
+   99.9th-percentile count of the most repeated prompts are marked and left out.
+3. :func:`detect_anomalous_voters` flags visitors whose votes are improbable under the fitted
    model (``Visitor.anomalous`` and an ``anomalous_voter`` flag).
-3. :func:`compute_leaderboards` groups votes in the database (``GROUP BY model_a, model_b, choice,
+4. :func:`compute_leaderboards` groups votes in the database (``GROUP BY model_a, model_b, choice,
    tags``), fits Bradley-Terry with bootstrap intervals per category, with and without style
    control, and stores one :class:`~arena.db.models.LeaderboardSnapshot` per (category, style).
 
 Battles with a flag (moderation, model identity revealed) are excluded, and so are the votes of
-anomalous visitors when ``ARENA_EXCLUDE_ANOMALOUS_VOTERS`` is on; the snapshot says how many.
+anomalous visitors when ``ARENA_EXCLUDE_ANOMALOUS_VOTERS`` is on, and the down-sampled repeated
+prompts; the snapshot says how many, and how many votes came from each source.
 Pages read snapshots only (:mod:`arena.leaderboard.view`), so a request never recomputes anything.
 """
 
@@ -26,10 +30,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from lingua import LanguageDetector
-from sqlalchemy import delete, exists, select
+from sqlalchemy import delete, exists, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from arena.db.models import (
+    LIVE_SOURCE,
     OVERALL_CATEGORY,
     Battle,
     Conversation,
@@ -41,7 +46,15 @@ from arena.db.models import (
     Visitor,
     Vote,
 )
-from arena.leaderboard.votes import exclusion_counts, grouped_votes, vote_rows
+from arena.leaderboard.votes import (
+    PROMPT_DEDUP,
+    VoteFilter,
+    check_sources,
+    exclusion_counts,
+    grouped_votes,
+    vote_rows,
+    votes_by_source,
+)
 from arena.ranking import (
     BTConfig,
     RatingScale,
@@ -57,6 +70,7 @@ from arena.ranking import (
 )
 from arena.ranking.anomalies import flag_anomalous_voters
 from arena.ranking.categories import build_language_detector, tag_battle
+from arena.ranking.dedup import downsampled_battles, prompt_hash
 from arena.ranking.style import STYLE_FEATURES, bootstrap_style_bt, prepare_style_data
 
 logger = logging.getLogger(__name__)
@@ -80,6 +94,10 @@ class LeaderboardOptions:
     anomaly_min_votes: int = 10
     history_freq: str = "D"
     scale: RatingScale = field(default_factory=RatingScale)
+    # lmarena's prompt de-duplication: the top 0.1% most repeated prompts are down-sampled.
+    dedup_prompts: bool = True
+    # Which battles count: empty for all, else any of live, imported, import:<label>.
+    sources: tuple[str, ...] = ()
     # Snapshots kept per (category, style) after a run: pages read only the newest, the rest
     # is a short trail for debugging (a day at the default 10-minute refresh).
     keep_snapshots: int = 144
@@ -95,25 +113,53 @@ def language_detector() -> LanguageDetector:
 
 
 def annotate_battles(sessions: sessionmaker[Session], batch_size: int = 500) -> int:
-    """Store tags and style on voted battles that lack them; returns how many were annotated."""
+    """Store tags, style and the prompt hash on live voted battles that lack them; returns how
+    many were annotated. Imported battles bring theirs from the battle log."""
     done = 0
     while True:
         with sessions.begin() as session:
             battles = session.scalars(
                 select(Battle)
                 .where(exists().where(Vote.battle_id == Battle.id))
-                .where(Battle.tags.is_(None) | Battle.style.is_(None))
+                .where(Battle.source == LIVE_SOURCE)
+                .where(Battle.tags.is_(None) | Battle.style.is_(None) | Battle.prompt_hash.is_(None))
                 .limit(batch_size)
             ).all()
             if not battles:
                 return done
-            detector = language_detector()
             for battle in battles:
                 user_turns, answers = _battle_texts(session, battle.id)
-                battle.tags = tag_battle(user_turns, detector)
-                battle.style = battle_style(answers["a"], answers["b"])
+                if battle.tags is None:
+                    battle.tags = tag_battle(user_turns, language_detector())
+                if battle.style is None:
+                    battle.style = battle_style(answers["a"], answers["b"])
+                battle.prompt_hash = prompt_hash(user_turns[0] if user_turns else "")
             done += len(battles)
             logger.info("annotated %d battles", done)
+
+
+def mark_downsampled_prompts(sessions: sessionmaker[Session], batch_size: int = 500) -> int:
+    """Recompute which battles of the top 0.1% most repeated prompts are left out (lmarena's
+    de-duplication, :mod:`arena.ranking.dedup`) and store it on them; returns how many are."""
+    with sessions() as session:
+        rows = session.execute(
+            select(Battle.id, Battle.prompt_hash, Battle.prompt_downsampled)
+            .where(Battle.prompt_hash.is_not(None))
+            .where(exists().where(Vote.battle_id == Battle.id))
+        ).all()
+    prompts = pd.Series({battle_id: hash_ for battle_id, hash_, _ in rows}, dtype=object)
+    dropped = downsampled_battles(prompts)
+    flips = [(battle_id, battle_id in dropped) for battle_id, _, was in rows if was != (battle_id in dropped)]
+    with sessions.begin() as session:
+        for start in range(0, len(flips), batch_size):
+            chunk = flips[start : start + batch_size]
+            for value in (True, False):
+                ids = [battle_id for battle_id, now_dropped in chunk if now_dropped is value]
+                if ids:
+                    session.execute(update(Battle).where(Battle.id.in_(ids)).values(prompt_downsampled=value))
+    if dropped:
+        logger.info("prompt de-duplication leaves out %d of %d battles with a known prompt", len(dropped), len(rows))
+    return len(dropped)
 
 
 def _battle_texts(session: Session, battle_id: str) -> tuple[list[str], dict[str, list[str]]]:
@@ -138,7 +184,7 @@ def _battle_texts(session: Session, battle_id: str) -> tuple[list[str], dict[str
 def detect_anomalous_voters(sessions: sessionmaker[Session], alpha: float = 0.01, min_votes: int = 10) -> int:
     """Flag visitors whose votes are improbable under the model; returns how many were newly flagged."""
     with sessions() as session:
-        votes = vote_rows(session, exclude_flagged=True, exclude_anomalous=False)
+        votes = vote_rows(session, VoteFilter(exclude_anomalous=False))
     votes = votes[votes["visitor"].notna().to_numpy(bool)]
     if votes.empty:
         return 0
@@ -292,17 +338,26 @@ def compute_leaderboards(sessions: sessionmaker[Session], options: LeaderboardOp
     """Annotate, flag anomalies, compute every category and store the snapshots; returns them."""
     options = options or LeaderboardOptions()
     now = now or datetime.now(UTC)
+    where = VoteFilter(options.exclude_flagged, options.exclude_anomalous_voters, options.dedup_prompts,
+                       check_sources(options.sources))
     annotate_battles(sessions)
+    if options.dedup_prompts:
+        mark_downsampled_prompts(sessions)
     if options.detect_anomalies:
         detect_anomalous_voters(sessions, options.anomaly_alpha, options.anomaly_min_votes)
     with sessions() as session:
-        grouped = grouped_votes(session, options.exclude_flagged, options.exclude_anomalous_voters)
-        votes = vote_rows(session, options.exclude_flagged, options.exclude_anomalous_voters)
-        exclusions = exclusion_counts(session)
+        grouped = grouped_votes(session, where)
+        votes = vote_rows(session, where)
+        exclusions = exclusion_counts(session, options.sources)
         if not options.exclude_anomalous_voters:
             exclusions[FlagKind.ANOMALOUS_VOTER.value] = 0
+        if not options.dedup_prompts:
+            exclusions[PROMPT_DEDUP] = 0
+        sources = votes_by_source(session, where)
         meta = {m.name: (m.organization, m.license) for m in session.scalars(select(Model))}
     snapshots = build_snapshots(grouped, votes, meta, exclusions, options, now)
+    for snapshot in snapshots:
+        snapshot.payload = {**snapshot.payload, "sources": sources, "source_filter": list(options.sources)}
     with sessions.begin() as session:
         session.add_all(snapshots)
         session.flush()

@@ -38,6 +38,11 @@ class LeaderboardView:
         return list(self.payload.get("unrated", []))
 
     @property
+    def sources(self) -> dict[str, int]:
+        """Counted votes per source: ``live`` and ``import:<label>``."""
+        return dict(self.payload.get("sources", {}))
+
+    @property
     def exclusions(self) -> dict[str, int]:
         return dict(self.payload.get("exclusions", {}))
 

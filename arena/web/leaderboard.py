@@ -33,6 +33,7 @@ EXCLUSION_LABELS = {
     "moderation": "moderation",
     "identity_revealed": "model identity revealed",
     "anomalous_voter": "anomalous voters",
+    "prompt_dedup": "repeated prompts (top 0.1% down-sampled)",
 }
 
 
@@ -147,15 +148,22 @@ def _controls(view: LeaderboardView) -> str:
     )
 
 
+def _source_label(source: str) -> str:
+    return "live" if source == "live" else f"imported from {source.split(':', 1)[-1]}"
+
+
 def _meta(view: LeaderboardView) -> str:
     query = urlencode({"category": view.category, "style_control": str(view.style_control).lower()})
     updated = view.updated_at.strftime("%Y-%m-%d %H:%M UTC") if view.updated_at else "never"
     excluded = ", ".join(
         f"{n} {EXCLUSION_LABELS.get(kind, kind)}" for kind, n in view.exclusions.items() if n
     ) or "none"
+    sources = ", ".join(f"{n} {_source_label(source)}" for source, n in view.sources.items())
+    sources_html = f' (<span id="vote-sources">{html.escape(sources)}</span>)' if sources else ""
     return (
         f'<p class="meta" id="leaderboard-meta">Last updated: <span id="last-updated">{updated}</span> · '
-        f"{view.vote_count} votes counted · excluded votes: {html.escape(excluded)} · "
+        f"{view.vote_count} votes counted{sources_html} · "
+        f'excluded votes: <span id="excluded-votes">{html.escape(excluded)}</span> · '
         f'<a href="/api/v1/leaderboard?{query}&format=csv" id="csv-download">CSV</a> · '
         f'<a href="/api/v1/leaderboard?{query}">JSON</a></p>'
     )
@@ -240,6 +248,8 @@ def view_json(view: LeaderboardView) -> dict[str, Any]:
         "updated_at": view.updated_at.isoformat() if view.updated_at else None,
         "vote_count": view.vote_count,
         "excluded_votes": view.exclusions,
+        "sources": view.sources,
+        "unrated": view.unrated,
         "categories": view.categories,
         "style_coefficients": view.payload.get("style_coefficients"),
         "rows": view.rows,

@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 from arena.db.models import Battle, Flag, LeaderboardSnapshot, Visitor
 from arena.leaderboard.job import LeaderboardOptions, compute_leaderboards
 from arena.leaderboard.view import latest_view
-from arena.leaderboard.votes import grouped_votes
+from arena.leaderboard.votes import VoteFilter, grouped_votes
 
 from .seed import TRUE_RATINGS, seed_votes
 
@@ -69,7 +69,7 @@ def test_grouping_happens_in_the_database_and_respects_flags(db_sessions):
     seed_votes(db_sessions, 60, seed=3, flagged=6)
     with db_sessions() as session:
         kept = grouped_votes(session)
-        everything = grouped_votes(session, exclude_flagged=False)
+        everything = grouped_votes(session, VoteFilter(exclude_flagged=False))
     assert kept["count"].sum() == 54 and everything["count"].sum() == 60
     assert len(kept) < 54  # rows are groups, not votes
 
