@@ -149,3 +149,21 @@ def test_mt_bench_column_appears_once_a_judge_run_stored_scores(voted_url: str, 
     store_mt_bench_scores(engine, "gpt-4o", {"alpha-70b": {"score": 7.5}})  # a newer run replaces it
     rows = {r["model"]: r for r in httpx.get(f"{voted_url}/api/v1/leaderboard").json()["rows"]}
     assert rows["alpha-70b"]["mt_bench"] == 7.5
+
+
+def test_page_reports_sources_unrated_models_and_every_exclusion():
+    """Votes per source, models without a finite rating, and down-sampled prompts beside the other exclusions."""
+    from datetime import UTC, datetime
+
+    from arena.leaderboard.view import LeaderboardView
+    from arena.web.leaderboard import render_page
+
+    row = {"rank": 1, "model": "alpha-70b", "rating": 1100.0, "ci_lower": 1090.0, "ci_upper": 1110.0,
+           "votes": 40, "organization": "", "license": ""}
+    payload = {"categories": ["overall"], "sources": {"live": 30, "import:clean_battle_x": 10},
+               "exclusions": {"moderation": 2, "prompt_dedup": 7, "anomalous_voter": 0},
+               "unrated": [{"model": "newcomer", "votes": 3}]}
+    page = render_page(LeaderboardView("overall", False, [row], 40, datetime.now(UTC), payload))
+    assert "30 live, 10 imported from clean_battle_x" in page
+    assert "2 moderation, 7 repeated prompts (top 0.1% down-sampled)" in page
+    assert 'id="unrated-models"' in page and "newcomer (3 votes)" in page
