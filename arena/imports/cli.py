@@ -9,7 +9,6 @@ import typer
 from rich.console import Console
 
 from arena.config import get_settings
-from arena.db.session import get_engine, session_factory
 
 app = typer.Typer(help="Import battles that happened elsewhere (public battle logs).", no_args_is_help=True)
 
@@ -27,8 +26,9 @@ def battles_command(
     number). Battles imported before are skipped, so importing a file again adds nothing.
     Then `arena leaderboard compute` ranks them (`--source` picks imported, live or both).
     """
-    from sqlalchemy.exc import SQLAlchemyError
+    from sqlalchemy.exc import SQLAlchemyError  # the database stack loads only when a command runs
 
+    from arena.db.session import get_engine, session_factory
     from arena.imports.battles import ImportFileError, parse_file, source_name
     from arena.imports.store import store_battles
 
