@@ -15,7 +15,9 @@ from pathlib import Path
 
 import uvicorn
 
-from serving.engine import AsyncEngine, Engine, EngineConfig
+from serving.async_engine import AsyncEngine
+from serving.config import EngineConfig
+from serving.engine import Engine
 
 logger = logging.getLogger("serving")
 

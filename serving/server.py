@@ -22,7 +22,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from serving.engine import AsyncEngine, RequestError
+from serving.async_engine import AsyncEngine
+from serving.engine import RequestError
 from serving.sampling import InvalidParamsError, SamplingParams, TokenLogprobs
 from serving.sequence import GenerationRequest, RequestOutput
 
@@ -164,12 +165,14 @@ def _completion_response(object_name: str, request: GenerationRequest, model: st
     return _envelope(request, object_name, int(time.time()), model, [choice]) | {"usage": _usage(result)}
 
 
-async def _collect(engine: AsyncEngine, request: GenerationRequest, http_request: Request) -> Collected:
+async def _collect(
+    outputs: AsyncIterator[RequestOutput], request: GenerationRequest, http_request: Request
+) -> Collected:
     """Run a request to the end; abort it if the client disconnects first."""
     collected = Collected()
 
     async def drain() -> None:
-        async for output in engine.generate(request):
+        async for output in outputs:
             collected.add(output)
 
     task = asyncio.create_task(drain())
@@ -267,10 +270,11 @@ def create_app(engines: dict[str, AsyncEngine]) -> FastAPI:
         prompt_ids = _chat_prompt(engine, body.messages)
         logprobs = (body.top_logprobs or 0) if body.logprobs else None
         params = body.sampling_params(body.max_completion_tokens or body.max_tokens, logprobs)
-        request = _generation_request("chatcmpl", prompt_ids, params, engine, body.n)
+        request = _generation_request("chatcmpl", prompt_ids, params, body.n)
+        outputs = _start(engine, request)
         if body.stream:
-            return StreamingResponse(_stream_chat(engine, request, body), media_type="text/event-stream")
-        result = await _collect(engine, request, http_request)
+            return StreamingResponse(_stream_chat(engine, request, outputs, body), media_type="text/event-stream")
+        result = await _collect(outputs, request, http_request)
         message = {"role": "assistant", "content": result.text}
         choice = {
             "index": 0,
@@ -286,13 +290,14 @@ def create_app(engines: dict[str, AsyncEngine]) -> FastAPI:
         engine = _engine(engines, body.model)
         prompt_ids = _completion_prompt(engine, body.prompt)
         params = body.sampling_params(body.max_tokens or 16, body.logprobs)
-        request = _generation_request("cmpl", prompt_ids, params, engine, body.n)
+        request = _generation_request("cmpl", prompt_ids, params, body.n)
+        outputs = _start(engine, request)
         prefix = str(engine.tokenizer.decode(prompt_ids)) if body.echo else ""
         if body.stream:
             return StreamingResponse(
-                _stream_completion(engine, request, body, prefix), media_type="text/event-stream"
+                _stream_completion(engine, request, outputs, body, prefix), media_type="text/event-stream"
             )
-        result = await _collect(engine, request, http_request)
+        result = await _collect(outputs, request, http_request)
         choice = {
             "index": 0,
             "text": prefix + result.text,
@@ -358,24 +363,28 @@ def _completion_prompt(engine: AsyncEngine, prompt: str | list[int] | list[str])
     return token_ids
 
 
-def _generation_request(
-    prefix: str, prompt_ids: list[int], params: SamplingParams, engine: AsyncEngine, n: int
-) -> GenerationRequest:
-    """Check the request against the engine; OpenAIError 400 when it cannot be served."""
+def _generation_request(prefix: str, prompt_ids: list[int], params: SamplingParams, n: int) -> GenerationRequest:
     if n != 1:
         raise OpenAIError(400, "only n=1 is supported", param="n")
+    return GenerationRequest(f"{prefix}-{uuid.uuid4().hex}", prompt_ids, params)
+
+
+def _start(engine: AsyncEngine, request: GenerationRequest) -> AsyncIterator[RequestOutput]:
+    """Hand the request to the engine, which validates it; OpenAIError 400 when it cannot be served."""
     try:
-        engine.check_request(prompt_ids, params)
+        return engine.generate(request)
     except InvalidParamsError as error:
         raise OpenAIError(400, str(error)) from None
     except RequestError as error:
         code = "context_length_exceeded" if "context length" in str(error) else None
         raise OpenAIError(400, str(error), code=code, param="messages" if code else None) from None
-    return GenerationRequest(f"{prefix}-{uuid.uuid4().hex}", prompt_ids, params)
 
 
 async def _stream_chat(
-    engine: AsyncEngine, request: GenerationRequest, body: ChatCompletionRequest
+    engine: AsyncEngine,
+    request: GenerationRequest,
+    outputs: AsyncIterator[RequestOutput],
+    body: ChatCompletionRequest,
 ) -> AsyncIterator[str]:
     created = int(time.time())
 
@@ -385,7 +394,7 @@ async def _stream_chat(
 
     yield _sse(chunk({"role": "assistant", "content": ""}))
     last: RequestOutput | None = None
-    async for output in _outputs(engine, request):
+    async for output in _outputs(outputs, request):
         if isinstance(output, OpenAIError):
             yield _sse(output.body())
             break
@@ -401,7 +410,11 @@ async def _stream_chat(
 
 
 async def _stream_completion(
-    engine: AsyncEngine, request: GenerationRequest, body: CompletionRequest, prefix: str
+    engine: AsyncEngine,
+    request: GenerationRequest,
+    outputs: AsyncIterator[RequestOutput],
+    body: CompletionRequest,
+    prefix: str,
 ) -> AsyncIterator[str]:
     created = int(time.time())
     offset = len(prefix)
@@ -413,7 +426,7 @@ async def _stream_completion(
     if prefix:
         yield _sse(chunk(prefix))
     last: RequestOutput | None = None
-    async for output in _outputs(engine, request):
+    async for output in _outputs(outputs, request):
         if isinstance(output, OpenAIError):
             yield _sse(output.body())
             break
@@ -430,13 +443,13 @@ async def _stream_completion(
 
 
 async def _outputs(
-    engine: AsyncEngine, request: GenerationRequest
+    outputs: AsyncIterator[RequestOutput], request: GenerationRequest
 ) -> AsyncIterator[RequestOutput | OpenAIError]:
     """The engine's outputs, a failure turned into a final OpenAI error (the headers are already
     sent, so it goes into the stream). A client disconnect cancels the response task, which
     closes the engine iterator and so aborts the request."""
     try:
-        async for output in engine.generate(request):
+        async for output in outputs:
             yield output
     except (ValueError, RuntimeError) as error:
         yield _as_openai_error(error, request.request_id)

@@ -7,8 +7,10 @@ import asyncio
 import pytest
 from transformers import AutoTokenizer
 
+from serving.async_engine import AsyncEngine
+from serving.config import EngineConfig
 from serving.detokenizer import TextStream
-from serving.engine import AsyncEngine, Engine, EngineConfig, RequestError
+from serving.engine import Engine, RequestError
 from serving.sampling import SamplingParams
 from serving.sequence import GenerationRequest
 
@@ -111,12 +113,16 @@ def test_abort_frees_the_request(engine):
 
 
 def test_requests_that_cannot_fit_are_refused(engine):
+    def check(prompt: list[int], params: SamplingParams) -> None:
+        engine.new_sequence(GenerationRequest("refused", prompt, params))
+
     with pytest.raises(RequestError, match="maximum context length"):
-        engine.check_request([5] * engine.max_context, SamplingParams())
+        check([5] * engine.max_context, SamplingParams())
     with pytest.raises(RequestError, match="maximum context length"):
-        engine.check_request([5] * 10, SamplingParams(max_tokens=engine.max_context))
+        check([5] * 10, SamplingParams(max_tokens=engine.max_context))
     with pytest.raises(RequestError, match="empty"):
-        engine.check_request([], SamplingParams())
+        check([], SamplingParams())
+    assert not engine.has_work
 
 
 async def test_async_engine_streams_concurrent_requests_and_cancels_on_close(llama_path):

@@ -22,7 +22,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Qwen3Config
 
-from serving.engine import Engine, EngineConfig
+from serving.config import EngineConfig
+from serving.engine import Engine
 from serving.sampling import SamplingParams
 from serving.sequence import GenerationRequest
 from tests.serving.staggered import staggered_outputs

@@ -11,7 +11,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from serving.engine import Engine, EngineConfig
+from serving.config import EngineConfig
+from serving.engine import Engine
 from tests.serving.staggered import engine_greedy
 
 NEW_TOKENS = 64

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from serving.engine import Engine, EngineConfig
+from serving.config import EngineConfig
+from serving.engine import Engine
 from serving.sampling import SamplingParams
 from serving.sequence import GenerationRequest
 from tests.serving.staggered import staggered_outputs

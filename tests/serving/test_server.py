@@ -15,7 +15,9 @@ import httpx
 import openai
 import pytest
 
-from serving.engine import AsyncEngine, Engine, EngineConfig
+from serving.async_engine import AsyncEngine
+from serving.config import EngineConfig
+from serving.engine import Engine
 from serving.server import create_app
 from tests.servers import free_port, serve_app
 
