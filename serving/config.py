@@ -33,6 +33,8 @@ class EngineConfig:
     # the host between steps (see Engine.step). None: on for CUDA.
     overlap: bool | None = None
     attention_backend: str = "dense"  # a name in serving.attention.ATTENTION_BACKENDS
+    prefix_cache: bool = True  # reuse the KV of shared prefixes (serving/radix_cache.py)
+    schedule_policy: str = "lpm"  # "lpm": longest cached prefix first (fairness-bounded); "fcfs"
 
     def torch_dtype(self) -> torch.dtype:
         if self.dtype is None:

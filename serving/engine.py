@@ -18,6 +18,8 @@ from serving.detokenizer import TextStream
 from serving.kv_sizing import num_kv_slots
 from serving.model_runner import MemoryPlan, ModelRunner
 from serving.models import load_config, load_model
+from serving.prefix_cache import NoPrefixCache
+from serving.radix_cache import RadixCache
 from serving.sampling import PendingSample, Sampler, TokenLogprobs
 from serving.scheduler import ScheduledBatch, Scheduler
 from serving.sequence import GenerationRequest, RequestOutput, Sequence
@@ -27,6 +29,19 @@ logger = logging.getLogger(__name__)
 
 class RequestError(ValueError):
     """A request the engine cannot serve (too long, bad parameters); the client gets a 400."""
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    """A snapshot for monitoring (``GET /metrics``): counters since start and current gauges."""
+
+    prompt_tokens: int
+    cached_tokens: int  # prompt tokens whose KV came from the prefix cache
+    generation_tokens: int
+    kv_slots_used: int  # cached prefixes included
+    kv_slots_total: int
+    requests_running: int
+    requests_waiting: int
 
 
 @dataclass
@@ -54,9 +69,17 @@ class Engine:
         self.max_context = min(max_context, num_slots - 1)
         plan = MemoryPlan(num_slots, config.max_running, self.max_context)
         self.runner = ModelRunner(model, plan, config.use_cuda_graphs, config.attention_backend)
+        kv_pool = self.runner.kv_pool
+        prefix_cache = RadixCache(kv_pool) if config.prefix_cache else NoPrefixCache(kv_pool)
         self.scheduler = Scheduler(
-            self.runner.kv_pool, self.runner.req_pool, config.max_running, config.max_batch_tokens
+            kv_pool,
+            self.runner.req_pool,
+            config.max_running,
+            config.max_batch_tokens,
+            prefix_cache,
+            config.schedule_policy,
         )
+        self.generation_tokens = 0  # output tokens produced since start (/metrics)
         self.sampler = Sampler()
         self.overlap = config.use_overlap
         self._in_flight: LaunchedStep | None = None
@@ -118,6 +141,19 @@ class Engine:
     @property
     def has_work(self) -> bool:
         return self.scheduler.has_work or self._in_flight is not None
+
+    def stats(self) -> EngineStats:
+        """Counters and gauges; plain reads of ints and lengths, safe from another thread."""
+        scheduler, pool = self.scheduler, self.runner.kv_pool
+        return EngineStats(
+            prompt_tokens=scheduler.stats.prompt_tokens,
+            cached_tokens=scheduler.stats.cached_tokens,
+            generation_tokens=self.generation_tokens,
+            kv_slots_used=pool.capacity - pool.num_free,
+            kv_slots_total=pool.capacity,
+            requests_running=len(scheduler.running),
+            requests_waiting=len(scheduler.waiting),
+        )
 
     # ----- the loop -------------------------------------------------------------------------
 
@@ -181,6 +217,7 @@ class Engine:
     def _append_token(self, seq: Sequence, token: int, logprobs: TokenLogprobs | None) -> RequestOutput:
         """Add a sampled token, detokenize it, and finish the request if a stop condition hit."""
         seq.token_ids.append(token)
+        self.generation_tokens += 1
         stream = self._streams[seq.request_id]
         text = stream.push([token])
         reason = self._finish_reason(seq, token, stream)
@@ -207,6 +244,7 @@ class Engine:
             text=text,
             num_prompt_tokens=seq.num_prompt_tokens,
             num_output_tokens=seq.num_output_tokens,
+            num_cached_tokens=seq.cached_tokens,
             finished=seq.is_finished,
             finish_reason=seq.finish_reason,
             logprobs=logprobs,

@@ -90,6 +90,11 @@ class PrefixCache(Protocol):
         this = capacity)."""
         ...
 
+    def prefix_length(self, token_ids: Sequence[int], extra_key: ExtraKey = None) -> int:
+        """Length of the longest cached prefix, without locking or touching anything (for
+        ordering the queue)."""
+        ...
+
 
 class NoPrefixCache:
     """The cache when prefix caching is off: matches nothing, keeps nothing."""
@@ -115,4 +120,7 @@ class NoPrefixCache:
         return 0
 
     def total_size(self) -> int:
+        return 0
+
+    def prefix_length(self, token_ids: Sequence[int], extra_key: ExtraKey = None) -> int:
         return 0

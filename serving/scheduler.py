@@ -27,10 +27,27 @@ from dataclasses import dataclass, field
 import torch
 
 from serving.memory import KVPool, ReqToTokenPool
-from serving.prefix_cache import EMPTY_MATCH, NoPrefixCache, PrefixCache
+from serving.prefix_cache import EMPTY_MATCH, NoPrefixCache, PrefixCache, PrefixMatch
+from serving.radix_cache import RadixCache
 from serving.sequence import Sequence, SequenceStatus
 
 logger = logging.getLogger(__name__)
+
+# lpm: a waiting sequence passed over this many times by later arrivals goes first.
+FAIRNESS_BOUND = 8
+# lpm orders at most this many waiting sequences (a tree walk each); beyond, first come first served.
+LPM_MAX_QUEUE = 128
+# A waiting sequence sharing at least this many uncached tokens with one being prefilled waits.
+IN_BATCH_SHARE_MIN_TOKENS = 32
+SCHEDULE_POLICIES = ("lpm", "fcfs")
+
+
+@dataclass
+class SchedulerStats:
+    """Counters since start (the server's /metrics reads them)."""
+
+    prompt_tokens: int = 0  # prompt tokens of admitted requests
+    cached_tokens: int = 0  # of those, taken from the prefix cache
 
 
 @dataclass
@@ -67,10 +84,16 @@ class Scheduler:
         max_running: int,
         max_batch_tokens: int,
         prefix_cache: PrefixCache | None = None,
+        policy: str = "lpm",
     ) -> None:
+        if policy not in SCHEDULE_POLICIES:
+            raise ValueError(f"schedule policy must be one of {SCHEDULE_POLICIES}, got {policy!r}")
         self.kv_pool = kv_pool
         self.req_pool = req_pool
         self.prefix_cache: PrefixCache = prefix_cache if prefix_cache is not None else NoPrefixCache(kv_pool)
+        self._caching = not isinstance(self.prefix_cache, NoPrefixCache)
+        self.policy = policy
+        self.stats = SchedulerStats()
         self.max_running = max_running
         self.max_batch_tokens = max_batch_tokens
         self.waiting: deque[Sequence] = deque()
@@ -152,26 +175,77 @@ class Scheduler:
 
     def _admit_waiting(self, budget: int, chosen: list[tuple[Sequence, int]]) -> None:
         """Start waiting sequences while budget, rows and free slots allow (no preemption).
+
         Each starts past its longest cached prefix (at least its last token is computed, for
-        its logits)."""
-        while self.waiting and budget > 0 and len(self.running) < self.max_running:
-            if self.req_pool.num_free == 0:
+        its logits). A sequence sharing a long uncached prefix with one being prefilled is
+        deferred to a later step, when that prefix will be in the cache (SGLang's in-batch
+        prefix caching): a batch of requests with one new shared prompt computes it once.
+        """
+        if not self.waiting:
+            return
+        sharing = self._prefills_in_flight() if self._caching else None
+        admitted_arrival = -1
+        for seq in self._admission_order():
+            if budget <= 0 or len(self.running) >= self.max_running or self.req_pool.num_free == 0:
                 break
-            seq = self.waiting[0]
             match = self.prefix_cache.match_prefix(seq.token_ids[:-1], seq.extra_key)
+            if sharing is not None:
+                shared = sharing.prefix_length(seq.token_ids[:-1], seq.extra_key)
+                if shared - match.length >= IN_BATCH_SHARE_MIN_TOKENS:
+                    self.prefix_cache.release(match)
+                    continue
             count = min(len(seq.token_ids) - match.length, budget)
             if count > self._free_slots():
                 self.prefix_cache.release(match)
                 break
-            self.waiting.popleft()
-            seq.req_pool_idx = self.req_pool.alloc()
-            seq.prefix, seq.kv_slots, seq.table_len = match, list(match.slots), 0
-            seq.num_computed = match.length
-            seq.status = SequenceStatus.RUNNING
-            self.running.append(seq)
+            self.waiting.remove(seq)
+            self._start(seq, match)
             chosen.append((seq, count))
             budget -= count
             self._reserved += count
+            admitted_arrival = max(admitted_arrival, seq.arrival)
+            if sharing is not None:
+                sharing.insert(seq.token_ids, [0] * len(seq.token_ids), seq.extra_key)
+        for seq in self.waiting:
+            if seq.arrival < admitted_arrival:
+                seq.skips += 1
+
+    def _admission_order(self) -> list[Sequence]:
+        """Waiting sequences in the order to try them. ``lpm``: longest cached prefix first,
+        except that sequences passed over ``FAIRNESS_BOUND`` times (and preempted ones) go first,
+        in arrival order; first come first served when the queue is long (ordering costs a
+        tree walk per request) or the cache is off."""
+        waiting = list(self.waiting)
+        if self.policy != "lpm" or not self._caching or len(waiting) > LPM_MAX_QUEUE:
+            return waiting
+        prefix_length = self.prefix_cache.prefix_length
+
+        def priority(seq: Sequence) -> tuple[int, int, int]:
+            if seq.skips >= FAIRNESS_BOUND:
+                return (0, seq.arrival, 0)
+            return (1, -prefix_length(seq.token_ids[:-1], seq.extra_key), seq.arrival)
+
+        return sorted(waiting, key=priority)
+
+    def _prefills_in_flight(self) -> RadixCache:
+        """A token trie of the running sequences still prefilling (slots unused)."""
+        trie = RadixCache(None)
+        for seq in self.running:
+            if seq.num_to_compute > 1:
+                trie.insert(seq.token_ids, [0] * len(seq.token_ids), seq.extra_key)
+        return trie
+
+    def _start(self, seq: Sequence, match: PrefixMatch) -> None:
+        """Make a waiting sequence running, its KV starting with the matched prefix's slots."""
+        seq.req_pool_idx = self.req_pool.alloc()
+        seq.prefix, seq.kv_slots, seq.table_len = match, list(match.slots), 0
+        seq.num_computed = match.length
+        seq.status = SequenceStatus.RUNNING
+        if not seq.admitted:
+            seq.admitted, seq.cached_tokens = True, match.length
+            self.stats.prompt_tokens += seq.num_prompt_tokens
+            self.stats.cached_tokens += match.length
+        self.running.append(seq)
 
     def _free_slots(self) -> int:
         """Slots this step can still promise: free ones and unlocked cached ones."""
@@ -198,6 +272,7 @@ class Scheduler:
         """Hand a running sequence's KV to the prefix cache and requeue it at the front."""
         self._release(seq)
         seq.status = SequenceStatus.WAITING
+        seq.skips = FAIRNESS_BOUND  # first in line again, whatever the policy
         self.waiting.appendleft(seq)
         self.num_preemptions += 1
         logger.debug("preempted %s (%d tokens)", seq.request_id, len(seq.token_ids))
@@ -252,10 +327,28 @@ class Scheduler:
 
     def advance(self, batch: ScheduledBatch) -> None:
         """Record that the batch's tokens are now computed and in the slot table (call after
-        the forward pass is queued)."""
+        the forward pass is queued). A prefill chunk's KV goes into the prefix cache at once,
+        so requests arriving meanwhile with the same prefix share it."""
         for seq, count in zip(batch.sequences, batch.num_new_tokens, strict=True):
             seq.num_computed += count
             seq.table_len = len(seq.kv_slots)
+            if count > 1 and self._caching:
+                self._cache_running(seq)
+
+    def _cache_running(self, seq: Sequence) -> None:
+        """Insert a running sequence's computed KV into the cache and hold it by a lock; where
+        the cache already had those tokens under other slots, use the cache's (the row is
+        rewritten from the first change on)."""
+        if len(seq.kv_slots) != seq.num_computed:
+            return
+        computed = seq.num_computed
+        match = self.prefix_cache.insert(seq.token_ids[:computed], seq.kv_slots[:computed], seq.extra_key)
+        self.prefix_cache.release(seq.prefix)
+        seq.prefix = match
+        for index, slot in enumerate(match.slots):
+            if seq.kv_slots[index] != slot:
+                seq.table_len = min(seq.table_len, index)
+                seq.kv_slots[index] = slot
 
     def finish(self, seq: Sequence, reason: str) -> None:
         """Stop a sequence (any state): free what it owns and mark it finished."""

@@ -40,6 +40,7 @@ class RequestOutput:
     text: str  # new text since the previous output
     num_prompt_tokens: int
     num_output_tokens: int
+    num_cached_tokens: int = 0  # prompt tokens whose KV came from the prefix cache
     finished: bool = False
     finish_reason: str | None = None  # "stop" | "length" | "abort"
     logprobs: list[TokenLogprobs] = field(default_factory=list)
@@ -78,6 +79,9 @@ class Sequence:
         self.prefix: PrefixMatch = EMPTY_MATCH
         self.table_len = 0
         self.req_pool_idx: int | None = None
+        self.cached_tokens = 0  # prompt tokens taken from the prefix cache at first admission
+        self.admitted = False
+        self.skips = 0  # times a later arrival was admitted before it (lpm's fairness bound)
         self.finish_reason: str | None = None
 
     @property

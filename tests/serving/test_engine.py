@@ -13,6 +13,7 @@ from serving.detokenizer import TextStream
 from serving.engine import Engine, RequestError
 from serving.sampling import SamplingParams
 from serving.sequence import GenerationRequest
+from tests.serving.staggered import assert_no_slot_leaked
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +109,7 @@ def test_abort_frees_the_request(engine):
     final = engine.abort("a")
     assert final is not None and final.finished and final.finish_reason == "abort"
     assert not engine.has_work
-    assert engine.runner.kv_pool.num_free == engine.runner.kv_pool.capacity
+    assert_no_slot_leaked(engine)
     assert engine.abort("unknown") is None
 
 
@@ -146,8 +147,7 @@ async def test_async_engine_streams_concurrent_requests_and_cancels_on_close(lla
                 break
             await asyncio.sleep(0.05)
         assert not async_engine.engine.has_work
-        kv_pool = async_engine.engine.runner.kv_pool
-        assert kv_pool.num_free == kv_pool.capacity
+        assert_no_slot_leaked(async_engine.engine)
     finally:
         async_engine.shutdown()
 
@@ -163,4 +163,4 @@ def test_a_failed_step_leaks_no_slots(engine, monkeypatch):
         engine.step()
     engine.abort("f")
     assert not engine.has_work
-    assert engine.runner.kv_pool.num_free == engine.runner.kv_pool.capacity
+    assert_no_slot_leaked(engine)

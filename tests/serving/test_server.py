@@ -20,6 +20,7 @@ from serving.config import EngineConfig
 from serving.engine import Engine
 from serving.server import create_app
 from tests.servers import free_port, serve_app
+from tests.serving.staggered import assert_no_slot_leaked
 
 MODELS = ("demo-llama-tiny", "demo-qwen-tiny")
 LONG = {"max_tokens": 1500, "extra_body": {"ignore_eos": True}}
@@ -187,8 +188,7 @@ def test_disconnect_during_stream_aborts_the_request(base_url, engines):
         first = next(line for line in lines if line.startswith("data:"))
         assert json.loads(first[5:])["object"] == "chat.completion.chunk"
     assert wait_until_idle(engines["demo-llama-tiny"])
-    kv_pool = engines["demo-llama-tiny"].engine.runner.kv_pool
-    assert kv_pool.num_free == kv_pool.capacity
+    assert_no_slot_leaked(engines["demo-llama-tiny"].engine)
 
 
 def test_disconnect_while_waiting_for_a_whole_answer_aborts_it(base_url, engines):
