@@ -46,11 +46,14 @@ class EngineStats:
 
 @dataclass
 class LaunchedStep:
-    """A model step queued on the device: its batch, the sequences that sample, their tokens."""
+    """A model step queued on the device: its batch, the sequences that sample, their tokens,
+    and the scoring sequences with their number of scored tokens and (on the device) the scores."""
 
     batch: ScheduledBatch
     sampling: list[Sequence]
-    sample: PendingSample
+    sample: PendingSample | None
+    scoring: list[tuple[Sequence, int]]
+    scores: torch.Tensor | None
 
 
 class Engine:
@@ -111,6 +114,8 @@ class Engine:
             )
         if params.stop and not self.config.detokenize:
             raise RequestError("stop strings need detokenization, which this engine has turned off")
+        if request.score_from is not None and not 1 <= request.score_from < prompt_len:
+            raise RequestError(f"score_from must be in [1, {prompt_len}) for a prompt of {prompt_len} tokens")
         generator = None
         if params.seed is not None:
             generator = torch.Generator(device=self.runner.device).manual_seed(params.seed)
@@ -181,23 +186,54 @@ class Engine:
                 except Exception:
                     self._in_flight = launched  # still to be read; the caller decides about the requests
                     raise
+        outputs = self._scored(launched)
+        if launched.sample is None:
+            return outputs
         result = launched.sample.result()
-        return [
+        return outputs + [
             self._append_token(seq, token, logprobs)
             for seq, token, logprobs in zip(launched.sampling, result.token_ids, result.logprobs, strict=True)
             if not seq.is_finished  # stopped (or aborted) while this step was already launched
         ]
 
     def _launch(self, batch: ScheduledBatch, unread_tokens: torch.Tensor | None = None) -> LaunchedStep:
-        """Queue the batch's forward pass and sampling on the device."""
+        """Queue the batch's forward pass, sampling and scoring on the device."""
         sampling = [seq for i, seq in enumerate(batch.sequences) if batch.samples(i)]
+        scoring, targets = [], []
+        for index, seq in enumerate(batch.sequences):
+            positions = batch.score_positions(index)
+            if seq.score_from is not None:
+                scoring.append((seq, len(positions)))
+                targets.extend(seq.token_ids[p + 1] for p in positions)
         try:
             logits = self.runner.forward(batch, unread_tokens)
         except Exception:
             self.scheduler.rollback(batch)  # no slot may leak; the caller decides about the requests
             raise
         self.scheduler.advance(batch)
-        return LaunchedStep(batch, sampling, self.sampler.launch(logits, sampling))
+        sample = self.sampler.launch(logits[: len(sampling)], sampling) if sampling else None
+        scores = None
+        if targets:
+            rows = torch.log_softmax(logits[len(sampling) :], dim=-1)
+            scores = rows.gather(1, torch.tensor(targets, device=rows.device)[:, None]).squeeze(1)
+        return LaunchedStep(batch, sampling, sample, scoring, scores)
+
+    def _scored(self, launched: LaunchedStep) -> list[RequestOutput]:
+        """Collect a step's prompt logprobs; a scoring sequence whose tokens are all computed
+        finishes with them."""
+        values = launched.scores.tolist() if launched.scores is not None else []
+        outputs, offset = [], 0
+        for seq, count in launched.scoring:
+            seq.scores.extend(values[offset : offset + count])
+            offset += count
+            if seq.is_finished or seq.num_computed < len(seq.token_ids):
+                continue
+            self.scheduler.finish(seq, "stop")
+            self._streams.pop(seq.request_id)
+            output = self._output(seq, [], [], "")
+            output.prompt_logprobs = list(seq.scores)
+            outputs.append(output)
+        return outputs
 
     @staticmethod
     def _may_run_ahead(launched: LaunchedStep) -> bool:

@@ -58,7 +58,8 @@ class ModelRunner:
 
     @torch.inference_mode()
     def forward(self, batch: ScheduledBatch, unread_tokens: torch.Tensor | None = None) -> torch.Tensor:
-        """fp32 next-token logits for the sequences of ``batch`` that sample this step.
+        """fp32 next-token logits for the sequences of ``batch`` that sample this step, then
+        those of the positions scoring sequences score (``ScheduledBatch.score_positions``).
 
         A batch scheduled ahead (``batch.ahead``) takes its input tokens from ``unread_tokens``,
         the previous step's sampled tokens still on the device, one per sequence.
@@ -82,6 +83,7 @@ class ModelRunner:
         input_ids: list[int] = []
         positions: list[int] = []
         seq_lens, q_start, logits_indices = [], [], []
+        score_rows: list[int] = []  # after the sampling rows (see Engine._launch)
         table_rows: list[int] = []
         table_cols: list[int] = []
         table_slots: list[int] = []
@@ -95,11 +97,13 @@ class ModelRunner:
             seq_lens.append(seq.num_kv)
             if batch.samples(index):
                 logits_indices.append(len(positions) - 1)
+            score_rows.extend(q_start[-1] + p - start for p in batch.score_positions(index))
             if extend:  # slot-table entries not yet recorded (decode: just the new one, implied)
                 first = batch.table_starts[index]
                 table_rows.extend([seq.req_pool_idx] * (seq.num_kv - first))
                 table_cols.extend(range(first, seq.num_kv))
                 table_slots.extend(seq.kv_slots[first:])
+        logits_indices += score_rows
         pool_rows = [seq.req_pool_idx for seq in batch.sequences]
         fields: list[list] = [
             input_ids,

@@ -71,7 +71,19 @@ class ScheduledBatch:
     def samples(self, index: int) -> bool:
         """Whether sequence ``index`` reaches its last token this step (so a token is sampled)."""
         seq = self.sequences[index]
+        if seq.score_from is not None:
+            return False
         return self.ahead or seq.num_computed + self.num_new_tokens[index] == len(seq.token_ids)
+
+    def score_positions(self, index: int) -> range:
+        """Positions computed this step whose logits score the next token (scoring sequences:
+        those from ``score_from - 1`` to the last but one)."""
+        seq = self.sequences[index]
+        if seq.score_from is None:
+            return range(0)
+        start = max(seq.num_computed, seq.score_from - 1)
+        end = min(seq.num_computed + self.num_new_tokens[index], len(seq.token_ids) - 1)
+        return range(start, max(start, end))
 
 
 class Scheduler:
@@ -188,7 +200,9 @@ class Scheduler:
         for seq in self._admission_order():
             if budget <= 0 or len(self.running) >= self.max_running or self.req_pool.num_free == 0:
                 break
-            match = self.prefix_cache.match_prefix(seq.token_ids[:-1], seq.extra_key)
+            # At least the last token is computed (for its logits); a scoring one from score_from - 1.
+            limit = len(seq.token_ids) - 1 if seq.score_from is None else seq.score_from - 1
+            match = self.prefix_cache.match_prefix(seq.token_ids[:limit], seq.extra_key)
             if sharing is not None:
                 shared = sharing.prefix_length(seq.token_ids[:-1], seq.extra_key)
                 if shared - match.length >= IN_BATCH_SHARE_MIN_TOKENS:
@@ -316,7 +330,9 @@ class Scheduler:
             table_starts.append(seq.table_len)
             seq.kv_slots.extend(slot_ids[offset : offset + count])
             offset += count
-            is_decode = is_decode and count == 1 and seq.table_len == len(seq.kv_slots) - 1
+            is_decode = (
+                is_decode and count == 1 and seq.table_len == len(seq.kv_slots) - 1 and seq.score_from is None
+            )
         return ScheduledBatch([seq for seq, _ in chosen], counts, slots, table_starts, is_decode)
 
     def rollback(self, batch: ScheduledBatch) -> None:

@@ -29,6 +29,9 @@ class GenerationRequest:
     prompt_token_ids: list[int]
     params: SamplingParams
     extra_key: ExtraKey = None
+    # Scoring instead of generating: report the log-probability of each prompt token from this
+    # index on, given the tokens before it (constrained ``choices`` use it); nothing is sampled.
+    score_from: int | None = None
 
 
 @dataclass
@@ -44,6 +47,7 @@ class RequestOutput:
     finished: bool = False
     finish_reason: str | None = None  # "stop" | "length" | "abort"
     logprobs: list[TokenLogprobs] = field(default_factory=list)
+    prompt_logprobs: list[float] = field(default_factory=list)  # a scoring request's, when done
 
 
 class Sequence:
@@ -68,6 +72,8 @@ class Sequence:
         self.request_id = request.request_id
         self.params = request.params
         self.extra_key = request.extra_key
+        self.score_from = request.score_from
+        self.scores: list[float] = []  # a scoring sequence's prompt logprobs so far
         self.token_ids = list(request.prompt_token_ids)
         self.num_prompt_tokens = len(request.prompt_token_ids)
         self.max_total_tokens = max_total_tokens  # prompt + max_tokens, capped by the context
