@@ -75,7 +75,13 @@ class _SamplingFields(BaseModel):
     repetition_penalty: float = 1.0
     ignore_eos: bool = False
     stop_token_ids: list[int] = Field(default_factory=list)
-    choices: list[str] | None = Field(default=None, max_length=64)  # constrained: answer one of these
+    # Constrained: the answer is one of these (serving/choices.py); vLLM's name is accepted too.
+    choices: list[str] | None = Field(default=None, max_length=64)
+    guided_choice: list[str] | None = Field(default=None, max_length=64)
+
+    @property
+    def constraint(self) -> list[str] | None:
+        return self.choices if self.choices is not None else self.guided_choice
 
     def sampling_params(self, max_tokens: int | None, logprobs: int | None) -> SamplingParams:
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
@@ -439,11 +445,12 @@ def _start(
     one constrained choice. OpenAIError 400 when it cannot be served."""
     if not 1 <= body.n <= MAX_N:
         raise OpenAIError(400, f"n must be in [1, {MAX_N}]", param="n")
-    if body.choices is not None and body.n != 1:
+    choices = body.constraint
+    if choices is not None and body.n != 1:
         raise OpenAIError(400, "choices returns one answer: use n=1", param="n")
     try:
-        if body.choices is not None:
-            return [_choose(engine, request, body.choices)]
+        if choices is not None:
+            return [_choose(engine, request, choices)]
         if body.n == 1:
             return [engine.generate(request)]
         return [engine.generate(sibling) for sibling in _siblings(request, body.n)]

@@ -318,3 +318,20 @@ def test_metrics_count_prefix_cache_hits(client, base_url):
     for name in ("serving_kv_slots_used", "serving_requests_running", "serving_requests_waiting",
                  "serving_generation_tokens_total"):  # fmt: skip
         assert f'{name}{{model="demo-qwen-tiny"}}' in values
+
+
+async def test_arena_judge_recognises_our_engine_and_its_guided_choice(base_url):
+    """arena-judge turns constrained re-asks on for our engine: it asks /models who serves the
+    judge, and sends vLLM's ``guided_choice``, which we take as ``choices``."""
+    from arena.judge.cli import SERVING_OWNER
+    from arena.judge.verdicts import PAIR_CHOICES, parse_pairwise
+    from arena.providers import ChatClient
+
+    client = ChatClient(f"{base_url}/v1", "demo-llama-tiny")
+    try:
+        assert await client.owned_by() == SERVING_OWNER
+        messages = [{"role": "user", "content": "Which is better, A or B?"}]
+        result = await client.chat(messages, extra_body={"guided_choice": PAIR_CHOICES})
+        assert result.text in PAIR_CHOICES and parse_pairwise(result.text) is not None
+    finally:
+        await client.close()
