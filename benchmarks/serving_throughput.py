@@ -534,6 +534,7 @@ def main(argv: list[str] | None = None) -> None:
                 max_batch_tokens=8192,
                 kv_memory_gb=min(args.kv_memory_gb, 0.25) if args.smoke else args.kv_memory_gb,
                 detokenize=False,
+                prefix_cache=False,  # warm_up runs the timed prompts first: no reuse against the peers
             )
             engine = Engine(engine_config, model=model)
             report["kv_bytes_per_token"] = engine.runner.kv_pool.bytes_per_slot()
