@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from arena.active_sampler import ActivePairSampler
-from arena.battles import ArenaError, make_pair_sampler
+from arena.battles import ActivePairSampler, ArenaError, make_pair_sampler
 from arena.cli import app
 from arena.db.session import get_engine, session_factory
 from arena.leaderboard import latest_view

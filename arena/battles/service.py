@@ -1,4 +1,4 @@
-"""The battle domain: pair sampling, turns streamed from two models at once, votes.
+"""The battle service: battles, turns streamed from two models at once, direct chats, votes.
 
 Used by the Gradio page and the JSON API alike; it knows nothing about the web.  Every
 visitor action is written to the database as it happens: a prompt before the models are
@@ -11,16 +11,25 @@ import asyncio
 import logging
 import random
 import re
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
 
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from arena.battles.errors import (
+    ArenaError,
+    ConflictError,
+    ForbiddenError,
+    NotFoundError,
+    RateLimitedError,
+    RefusedError,
+)
+from arena.battles.sampling import PairSampler, make_pair_sampler
+from arena.battles.streaming import SideState, TurnUpdate
 from arena.config import Settings
 from arena.db.models import (
     Battle,
@@ -44,102 +53,7 @@ logger = logging.getLogger(__name__)
 SIDES = ("a", "b")
 
 
-class ArenaError(Exception):
-    """A visitor action that cannot be done; ``status_code`` maps it to HTTP."""
-
-    status_code = 400
-    code = "invalid_request"
-
-
-class NotFoundError(ArenaError):
-    status_code = 404
-    code = "not_found"
-
-
-class ForbiddenError(ArenaError):
-    status_code = 403
-    code = "forbidden"
-
-
-class ConflictError(ArenaError):
-    status_code = 409
-    code = "conflict"
-
-
-class RateLimitedError(ArenaError):
-    status_code = 429
-    code = "rate_limited"
-
-
-class RefusedError(ArenaError):
-    """The prompt was refused by moderation (and the refusal recorded)."""
-
-    status_code = 422
-    code = "moderation"
-
-
-# ----------------------------------------------------------------------------- pair sampling
-
-
-class PairSampler(Protocol):
-    """Chooses the two models of a battle; returns them and the probabilities it used."""
-
-    name: str
-
-    def sample(self, models: Sequence[ModelSpec], rng: random.Random) -> tuple[str, str, dict[str, float]]: ...
-
-
-class WeightedPairSampler:
-    """Model A by registry weight, then model B by weight among the others: never a model twice."""
-
-    name = "weighted"
-
-    def sample(self, models: Sequence[ModelSpec], rng: random.Random) -> tuple[str, str, dict[str, float]]:
-        candidates = [m for m in models if m.weight > 0]
-        if len(candidates) < 2:
-            raise ArenaError("the arena needs at least two models with a positive weight")
-        total = sum(m.weight for m in candidates)
-        probabilities = {m.name: m.weight / total for m in candidates}
-        first = rng.choices(candidates, weights=[m.weight for m in candidates])[0]
-        others = [m for m in candidates if m.name != first.name]
-        second = rng.choices(others, weights=[m.weight for m in others])[0]
-        if rng.random() < 0.5:
-            first, second = second, first
-        return first.name, second.name, probabilities
-
-
-def make_pair_sampler(policy: str, sessions: sessionmaker[Session] | None = None) -> PairSampler:
-    """The sampler named by ``ARENA_SAMPLING_POLICY``; ``active`` reads vote counts through ``sessions``."""
-    if policy == "weighted":
-        return WeightedPairSampler()
-    if policy == "active":
-        if sessions is None:
-            raise ValueError("the active sampling policy needs a session factory to read vote counts")
-        from arena.active_sampler import ActivePairSampler
-
-        return ActivePairSampler(sessions)
-    raise ValueError(f"unknown sampling policy {policy!r}; known: weighted, active")
-
-
 # ----------------------------------------------------------------------------- views
-
-
-@dataclass
-class SideState:
-    """What the page shows for one side of a battle."""
-
-    text: str = ""
-    error: str | None = None
-    done: bool = False
-
-
-@dataclass
-class TurnUpdate:
-    """A snapshot of a turn in progress: both sides' text so far."""
-
-    sides: dict[str, SideState]
-    done: bool = False
-    status: str = BattleStatus.STREAMING
 
 
 @dataclass
