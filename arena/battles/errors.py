@@ -26,8 +26,14 @@ class ConflictError(ArenaError):
 
 
 class RateLimitedError(ArenaError):
+    """Too many requests in the window; ``retry_after_s`` says when the next one is allowed."""
+
     status_code = 429
     code = "rate_limited"
+
+    def __init__(self, message: str, retry_after_s: float):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class RefusedError(ArenaError):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -139,7 +139,7 @@ class ChatClient:
         seed: int | None = None,
         stop: list[str] | None = None,
         extra_body: dict[str, Any] | None = None,
-    ) -> AsyncIterator[StreamChunk]:
+    ) -> AsyncGenerator[StreamChunk, None]:
         """Stream an answer; the last chunk carries the :class:`ChatResult`.
 
         Stopping the iteration (or cancelling the task) closes the HTTP stream, so the
