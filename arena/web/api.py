@@ -48,7 +48,7 @@ class ErrorOut(BaseModel):
     error: ErrorDetail
 
 
-def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+def errors_documented(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI entries for the error statuses a route can answer (each in the ``ErrorOut`` shape)."""
     descriptions = {400: "Bad request", 403: "Not this visitor's", 404: "Not found", 409: "Conflict with the state",
                     422: "Malformed body or refused by moderation", 429: "Rate limited (see Retry-After)",
@@ -131,7 +131,7 @@ class EventStreamResponse(StreamingResponse):
                 await close()
 
 
-@router.get("/models", response_model=list[ModelOut], responses={503: _errors()[503]})
+@router.get("/models", response_model=list[ModelOut], responses={503: errors_documented()[503]})
 def list_models(service: ArenaService = Depends(get_service)) -> list[ModelOut]:
     return [
         ModelOut(name=s.name, organization=s.organization, license=s.license, tags=list(s.tags))
@@ -139,19 +139,19 @@ def list_models(service: ArenaService = Depends(get_service)) -> list[ModelOut]:
     ]
 
 
-@router.post("/battles", response_model=BattleOut, status_code=201, responses=_errors(400, 404, 429))
+@router.post("/battles", response_model=BattleOut, status_code=201, responses=errors_documented(400, 404, 429))
 def create_battle(body: BattleIn, request: Request, service: ArenaService = Depends(get_service)) -> BattleOut:
     view = service.create_battle(visitor_id_of(request), body.mode, body.model_a, body.model_b)
     return BattleOut(**asdict(view))
 
 
-@router.get("/battles/{battle_id}", response_model=BattleOut, responses=_errors(400, 404))
+@router.get("/battles/{battle_id}", response_model=BattleOut, responses=errors_documented(400, 404))
 def get_battle(battle_id: str, service: ArenaService = Depends(get_service)) -> BattleOut:
     return BattleOut(**asdict(service.get_battle(battle_id)))
 
 
-@router.post("/battles/{battle_id}/turns", response_class=EventStreamResponse,
-             responses={200: {"content": {"text/event-stream": {}}}, **_errors(400, 403, 404, 409, 429)})
+@router.post("/battles/{battle_id}/turns",
+             responses={200: {"content": {"text/event-stream": {}}}, **errors_documented(400, 403, 404, 409, 429)})
 async def post_turn(
     battle_id: str, body: TurnIn, request: Request, service: ArenaService = Depends(get_service)
 ) -> StreamingResponse:
@@ -159,24 +159,24 @@ async def post_turn(
     return await _stream_battle(updates)
 
 
-@router.post("/battles/{battle_id}/regenerate", response_class=EventStreamResponse,
-             responses={200: {"content": {"text/event-stream": {}}}, **_errors(400, 403, 404, 409, 429)})
+@router.post("/battles/{battle_id}/regenerate",
+             responses={200: {"content": {"text/event-stream": {}}}, **errors_documented(400, 403, 404, 409, 429)})
 async def regenerate(battle_id: str, request: Request, service: ArenaService = Depends(get_service)) -> StreamingResponse:
     return await _stream_battle(service.regenerate(battle_id, visitor_id_of(request)))
 
 
-@router.post("/battles/{battle_id}/vote", response_model=VoteOut, responses=_errors(400, 403, 404, 409))
+@router.post("/battles/{battle_id}/vote", response_model=VoteOut, responses=errors_documented(400, 403, 404, 409))
 def vote(battle_id: str, body: VoteIn, request: Request, service: ArenaService = Depends(get_service)) -> VoteOut:
     return VoteOut(**asdict(service.vote(battle_id, visitor_id_of(request), body.choice)))
 
 
-@router.post("/chats", response_model=ChatOut, status_code=201, responses=_errors(400, 404, 429))
+@router.post("/chats", response_model=ChatOut, status_code=201, responses=errors_documented(400, 404, 429))
 def create_chat(body: ChatIn, request: Request, service: ArenaService = Depends(get_service)) -> ChatOut:
     return ChatOut(conversation_id=service.create_chat(visitor_id_of(request), body.model))
 
 
-@router.post("/chats/{conversation_id}/turns", response_class=EventStreamResponse,
-             responses={200: {"content": {"text/event-stream": {}}}, **_errors(400, 403, 404, 429)})
+@router.post("/chats/{conversation_id}/turns",
+             responses={200: {"content": {"text/event-stream": {}}}, **errors_documented(400, 403, 404, 429)})
 async def post_chat_turn(
     conversation_id: str, body: TurnIn, request: Request, service: ArenaService = Depends(get_service)
 ) -> StreamingResponse:

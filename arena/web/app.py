@@ -14,6 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from arena.battles import ArenaError, ArenaService
@@ -22,7 +23,7 @@ from arena.db.session import get_engine, session_factory
 from arena.identity import VisitorIdentity
 from arena.moderation import build_moderator
 from arena.providers.registry import load_registry
-from arena.web.api import error_json, error_response
+from arena.web.api import error_json, error_response, errors_documented
 from arena.web.api import router as api_router
 from arena.web.arena_ui import build_arena_ui
 from arena.web.leaderboard import LeaderboardRefresher, leaderboard_tab
@@ -84,7 +85,9 @@ def create_app(settings: Settings | None = None, service: ArenaService | None = 
         return {"status": "ok", "models": len(service.registry)}
 
     app.include_router(api_router, prefix="/api/v1", tags=["arena"])
-    app.include_router(leaderboard_router)
+    # The leaderboard API answers JSON, or CSV with ?format=csv; its errors use the same shape.
+    leaderboard_responses = {200: {"content": {"application/json": {}, "text/csv": {}}}, **errors_documented(400, 404)}
+    app.include_router(leaderboard_router, responses=leaderboard_responses)
     blocks = build_arena_ui(service, identity, leaderboard_tab=leaderboard_tab(service.sessions))
     return gr.mount_gradio_app(app, blocks, path="/", footer_links=["api"])
 
@@ -96,6 +99,13 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def arena_error(_: Request, exc: ArenaError) -> JSONResponse:
         return error_response(exc)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        codes = {400: "invalid_request", 404: "not_found", 405: "method_not_allowed", 413: "too_large"}
+        response = error_json(exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail))
+        response.headers.update(exc.headers or {})
+        return response
+
     @app.exception_handler(RequestValidationError)
     async def invalid_body(_: Request, exc: RequestValidationError) -> JSONResponse:
         return error_json(422, "invalid_request", _describe_validation(exc))
@@ -104,7 +114,7 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def database_error(request: Request, exc: SQLAlchemyError) -> JSONResponse:
         if isinstance(exc, DATABASE_DOWN):
             logger.warning("database unavailable for %s %s: %s", request.method, request.url.path,
-                           type(exc).__name__)
+                           str(exc.orig or exc).splitlines()[0])
             return error_json(503, "database_unavailable", "The database is unavailable; please retry shortly.",
                               retry_after_s=DATABASE_RETRY_AFTER_S)
         logger.exception("database error for %s %s", request.method, request.url.path)
