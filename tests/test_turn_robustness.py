@@ -130,7 +130,7 @@ async def test_the_reaper_fails_turns_whose_server_went_away(database_url, fake_
     me = visitor()
     battle = crashed.create_battle(me, "named", "alpha-7b", "bravo-13b")
     stream = crashed.play_turn(battle.id, me, "slow please")
-    async for update in stream:
+    async for _ in stream:
         stored = await asyncio.to_thread(answers, database_url, battle.id)
         if stored["b"].content:  # some of side b's text is in the database
             break
