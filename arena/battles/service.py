@@ -188,6 +188,10 @@ class ArenaService:
         clients, self._clients = list(self._clients.values()), {}
         for client in clients:
             await client.close()
+        close_limiter = getattr(self.rate_limiter, "close", None)
+        if close_limiter is not None:
+            close_limiter()
+        # Finish the database work in flight; a fresh pool keeps the (sync) service usable afterwards.
         self._db_pool.shutdown(wait=True)
         self._db_pool = ThreadPoolExecutor(max_workers=self.settings.db_threads, thread_name_prefix="arena-db")
 

@@ -108,7 +108,9 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def invalid_body(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return error_json(422, "invalid_request", _describe_validation(exc))
+        # A NUL byte is bad input (400) like anywhere else; any other malformed body is a 422.
+        nul_only = all("NUL character" in str(error.get("msg", "")) for error in exc.errors())
+        return error_json(400 if nul_only else 422, "invalid_request", _describe_validation(exc))
 
     @app.exception_handler(SQLAlchemyError)
     async def database_error(request: Request, exc: SQLAlchemyError) -> JSONResponse:

@@ -139,9 +139,8 @@ def test_nul_bytes_are_refused_with_400(arena_url: str) -> None:
             client.post("/battles/%00/vote", json={"choice": "a"}),
         ]
     for response in attempts:
-        assert response.status_code in (400, 422), response.text
+        assert response.status_code == 400, response.text
         assert "NUL" in response.json()["error"]["message"]
-    assert attempts[-1].status_code == 400 and attempts[-2].status_code == 400
 
 
 def test_validation_errors_use_the_documented_shape(arena_url: str) -> None:
