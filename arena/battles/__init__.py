@@ -2,7 +2,10 @@
 
 * :mod:`~arena.battles.errors`: what a visitor action can run into, with its HTTP status.
 * :mod:`~arena.battles.sampling`: which two models meet (weighted or active).
-* :mod:`~arena.battles.streaming`: the two sides of a turn while they stream.
+* :mod:`~arena.battles.streaming`: the sides of a turn while they stream (shared by battles and
+  direct chats), each turn in its own task.
+* :mod:`~arena.battles.recording`: writing running turns to the database; failing stale ones.
+* :mod:`~arena.battles.rate_limit`: atomic per-visitor limits (in-process or Redis).
 * :mod:`~arena.battles.service`: battles, turns, direct chats and votes over the database.
 """
 

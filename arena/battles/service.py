@@ -14,17 +14,14 @@ import asyncio
 import functools
 import logging
 import random
-import re
-import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import ParamSpec, TypeVar
 
 from sqlalchemy import insert, select, update
-from sqlalchemy.exc import IntegrityError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from arena.battles.errors import (
@@ -36,6 +33,7 @@ from arena.battles.errors import (
     RefusedError,
 )
 from arena.battles.rate_limit import RateLimiter, build_rate_limiter
+from arena.battles.recording import TRANSIENT_DB_ERRORS, SideJob, TurnRecorder
 from arena.battles.sampling import PairSampler, make_pair_sampler
 from arena.battles.streaming import SideState, SideStreams, TurnRun, TurnStore, TurnUpdate, wait_for_runs
 from arena.config import Settings
@@ -59,9 +57,6 @@ from arena.providers.registry import ModelRegistry, ModelSpec
 logger = logging.getLogger(__name__)
 
 SIDES = ("a", "b")
-STOPPED = "the turn stopped before the answer finished (the server went away)"
-# Database errors worth retrying: the connection or the server, not the statement.
-TRANSIENT_DB_ERRORS = (OperationalError, PoolTimeoutError)
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -125,27 +120,13 @@ class ArenaService:
         self._clients: dict[str, ChatClient] = {}
         self._db_pool = ThreadPoolExecutor(max_workers=settings.db_threads, thread_name_prefix="arena-db")
         self._runs: set[TurnRun] = set()
+        self.recorder = TurnRecorder(sessions, registry, settings, self.run_blocking)
         self._reaper: asyncio.Task[None] | None = None
 
     async def run_blocking(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
         """Run blocking (database) work in the service's thread pool, keeping the event loop free."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._db_pool, functools.partial(fn, *args, **kwargs))
-
-    async def _store(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
-        """Like :meth:`run_blocking`, retried through database outages for up to ``store_retry_s``."""
-        deadline = time.monotonic() + self.settings.store_retry_s
-        delay = 0.1
-        while True:
-            try:
-                return await self.run_blocking(fn, *args, **kwargs)
-            except TRANSIENT_DB_ERRORS as exc:
-                if time.monotonic() + delay > deadline:
-                    raise
-                logger.warning("database unavailable while storing an answer (%s); retrying in %.1f s",
-                               type(exc).__name__, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
 
     # -- registry mirror and lifecycle -------------------------------------------------------
 
@@ -196,35 +177,8 @@ class ArenaService:
         self._db_pool = ThreadPoolExecutor(max_workers=self.settings.db_threads, thread_name_prefix="arena-db")
 
     def fail_abandoned_streams(self, older_than_s: float | None = None) -> int:
-        """Fail turns whose server stopped touching them (crashed, killed); return how many battles.
-
-        A live turn touches its battle or chat every ``turn_heartbeat_s``; one silent for
-        ``stale_turn_s`` has no server left.  Its battle becomes 'failed' and its unfinished
-        answers keep the text stored so far, with an error saying why they end there.
-        """
-        limit = older_than_s if older_than_s is not None else self.settings.stale_turn_s
-        now = datetime.now(UTC)
-        cutoff = now - timedelta(seconds=limit)
-        with self.sessions.begin() as session:
-            stale = list(session.scalars(
-                select(Battle.id).where(Battle.status == BattleStatus.STREAMING, Battle.updated_at < cutoff)
-            ))
-            if stale:
-                session.execute(update(Battle).where(Battle.id.in_(stale), Battle.status == BattleStatus.STREAMING)
-                                .values(status=BattleStatus.FAILED, updated_at=now))
-            abandoned = select(Conversation.id).where(
-                Conversation.battle_id.in_(stale)
-                | (Conversation.battle_id.is_(None) & (Conversation.updated_at < cutoff))
-            )
-            session.execute(
-                update(Message)
-                .where(Message.conversation_id.in_(abandoned), Message.role == "assistant",
-                       Message.finish_reason.is_(None), Message.error.is_(None))
-                .values(error=STOPPED, finish_reason="error")
-            )
-        if stale:
-            logger.warning("marked %d abandoned streaming battle(s) as failed", len(stale))
-        return len(stale)
+        """Fail turns whose server went away (see :meth:`TurnRecorder.fail_stale_turns`); return how many."""
+        return self.recorder.fail_stale_turns(older_than_s)
 
     def client(self, model_name: str) -> ChatClient:
         if model_name not in self._clients:
@@ -332,7 +286,7 @@ class ArenaService:
                 raise ConflictError(f"this battle reached {self.settings.max_turns} turns; vote or start a new round")
         self._take_turn_slot(visitor_id)
 
-    def _begin_battle_turn(self, battle_id: str, prompt: str) -> dict[str, _SideJob]:
+    def _begin_battle_turn(self, battle_id: str, prompt: str) -> dict[str, SideJob]:
         """Claim the battle, store the prompt and an empty answer per side; return what to ask each side."""
         with self.sessions.begin() as session:
             self._claim_for_streaming(session, battle_id)
@@ -345,7 +299,7 @@ class ArenaService:
                 jobs[conversation.side or ""] = self._side_job(session, conversation, turn)
             return jobs
 
-    def _begin_regeneration(self, battle_id: str, visitor_id: str) -> dict[str, _SideJob]:
+    def _begin_regeneration(self, battle_id: str, visitor_id: str) -> dict[str, SideJob]:
         with self.sessions.begin() as session:
             battle = self._owned_battle(session, battle_id, visitor_id)
             if battle.turn_count == 0:
@@ -360,11 +314,11 @@ class ArenaService:
             session.flush()
             return {c.side or "": self._side_job(session, c, battle.turn_count) for c in conversations}
 
-    def _side_job(self, session: Session, conversation: Conversation, turn: int) -> _SideJob:
+    def _side_job(self, session: Session, conversation: Conversation, turn: int) -> SideJob:
         """The history to send and a new, empty answer row that the turn fills as it streams."""
         history = _history(conversation)
         answer = self._append(session, conversation, turn, "assistant", "", in_progress=True)
-        return _SideJob(conversation.model_name, history, answer.id)
+        return SideJob(conversation.model_name, history, answer.id)
 
     def _claim_for_streaming(self, session: Session, battle_id: str) -> None:
         """Move the battle to 'streaming' unless another request or a vote got there first."""
@@ -378,22 +332,13 @@ class ArenaService:
             raise ConflictError(_status_message(status))
         session.expire_all()
 
-    async def _run_battle_turn(self, battle_id: str, jobs: dict[str, _SideJob]) -> AsyncIterator[TurnUpdate]:
+    async def _run_battle_turn(self, battle_id: str, jobs: dict[str, SideJob]) -> AsyncIterator[TurnUpdate]:
         anonymous = await self.run_blocking(self._is_anonymous, battle_id)
 
-        async def save_progress(states: dict[str, SideState]) -> None:
-            await self._store(self._save_progress, jobs, states, battle_id=battle_id)
-
-        async def save_side(side: str, state: SideState) -> None:
-            await self._store(self._save_answer, jobs[side], state, battle_id=battle_id, anonymous=anonymous)
-
-        async def settle(states: dict[str, SideState]) -> str:
-            return await self._store(self._settle_battle, battle_id, states)
-
-        async for snapshot in self._run(jobs, TurnStore(save_progress, save_side, settle)):
+        async for snapshot in self._run(jobs, self.recorder.for_battle(battle_id, jobs, anonymous=anonymous)):
             yield snapshot
 
-    async def _run(self, jobs: dict[str, _SideJob], store: TurnStore) -> AsyncIterator[TurnUpdate]:
+    async def _run(self, jobs: dict[str, SideJob], store: TurnStore) -> AsyncIterator[TurnUpdate]:
         """Start the turn's task and follow it; the first snapshot (empty) comes at once."""
         streams = SideStreams({side: self._opener(job) for side, job in jobs.items()})
         run = TurnRun(streams, store, heartbeat_s=self.settings.turn_heartbeat_s,
@@ -404,7 +349,7 @@ class ArenaService:
         async for snapshot in run.watch():
             yield snapshot
 
-    def _opener(self, job: _SideJob) -> Callable[[], AsyncGenerator[StreamChunk, None]]:
+    def _opener(self, job: SideJob) -> Callable[[], AsyncGenerator[StreamChunk, None]]:
         spec = self.registry[job.model]
         return lambda: self.client(job.model).stream_chat(
             job.history, temperature=self.settings.temperature, max_tokens=spec.max_tokens
@@ -413,55 +358,6 @@ class ArenaService:
     def _is_anonymous(self, battle_id: str) -> bool:
         with self.sessions() as session:
             return bool(session.scalar(select(Battle.anonymous).where(Battle.id == battle_id)))
-
-    def _save_progress(self, jobs: dict[str, _SideJob], states: dict[str, SideState], *,
-                       battle_id: str | None = None, conversation_id: str | None = None) -> None:
-        """The heartbeat: store the partial text of unfinished sides and touch the battle or chat."""
-        now = datetime.now(UTC)
-        with self.sessions.begin() as session:
-            for side, job in jobs.items():
-                if not states[side].done:
-                    session.execute(update(Message).where(Message.id == job.message_id,
-                                                          Message.finish_reason.is_(None))
-                                    .values(content=states[side].text))
-            self._touch(session, now, battle_id=battle_id, conversation_id=conversation_id)
-
-    def _save_answer(self, job: _SideJob, state: SideState, *, battle_id: str | None = None,
-                     conversation_id: str | None = None, anonymous: bool = False) -> None:
-        """Store one side's final answer (or the text it had when it failed), as soon as it ends."""
-        result = state.result
-        now = datetime.now(UTC)
-        with self.sessions.begin() as session:
-            session.execute(update(Message).where(Message.id == job.message_id).values(
-                content=state.text,
-                error=state.error,
-                finish_reason="error" if state.error else (result.finish_reason if result else None),
-                prompt_tokens=result.prompt_tokens if result else None,
-                completion_tokens=result.completion_tokens if result else None,
-                latency_ms=result.latency_s * 1000 if result else None,
-            ))
-            if battle_id and anonymous and _reveals_identity(state.text, self.registry[job.model]):
-                side_row = session.scalars(select(Conversation).join(Message, Message.conversation_id == Conversation.id)
-                                           .where(Message.id == job.message_id)).one()
-                session.add(Flag(kind=FlagKind.IDENTITY_REVEALED, battle_id=battle_id,
-                                 conversation_id=side_row.id, detail=f"side {side_row.side} named its model"))
-            self._touch(session, now, battle_id=battle_id, conversation_id=conversation_id)
-
-    @staticmethod
-    def _touch(session: Session, now: datetime, *, battle_id: str | None, conversation_id: str | None) -> None:
-        if battle_id:
-            session.execute(update(Battle).where(Battle.id == battle_id, Battle.status == BattleStatus.STREAMING)
-                            .values(updated_at=now))
-        if conversation_id:
-            session.execute(update(Conversation).where(Conversation.id == conversation_id).values(updated_at=now))
-
-    def _settle_battle(self, battle_id: str, states: dict[str, SideState]) -> str:
-        """Ready when both sides answered, failed otherwise; a battle already failed by the reaper stays so."""
-        status = BattleStatus.FAILED if any(s.error for s in states.values()) else BattleStatus.READY
-        with self.sessions.begin() as session:
-            session.execute(update(Battle).where(Battle.id == battle_id, Battle.status == BattleStatus.STREAMING)
-                            .values(status=status, updated_at=datetime.now(UTC)))
-            return str(session.scalar(select(Battle.status).where(Battle.id == battle_id)))
 
     # -- direct chat ---------------------------------------------------------------------------
 
@@ -472,18 +368,7 @@ class ArenaService:
         await self.run_blocking(self._check_chat_allowed, conversation_id, visitor_id)
         await self._moderate(prompt, visitor_id, conversation_id=conversation_id)
         job = await self.run_blocking(self._begin_chat_turn, conversation_id, prompt)
-        jobs = {"a": job}
-
-        async def save_progress(states: dict[str, SideState]) -> None:
-            await self._store(self._save_progress, jobs, states, conversation_id=conversation_id)
-
-        async def save_side(_: str, state: SideState) -> None:
-            await self._store(self._save_answer, job, state, conversation_id=conversation_id)
-
-        async def settle(states: dict[str, SideState]) -> str:
-            return BattleStatus.FAILED if states["a"].error else BattleStatus.READY
-
-        async for snapshot in self._run(jobs, TurnStore(save_progress, save_side, settle)):
+        async for snapshot in self._run({"a": job}, self.recorder.for_chat(conversation_id, job)):
             yield snapshot.sides["a"]
 
     def _check_chat_allowed(self, conversation_id: str, visitor_id: str) -> None:
@@ -495,7 +380,7 @@ class ArenaService:
                 raise ForbiddenError("this chat belongs to another visitor")
         self._take_turn_slot(visitor_id)
 
-    def _begin_chat_turn(self, conversation_id: str, prompt: str) -> _SideJob:
+    def _begin_chat_turn(self, conversation_id: str, prompt: str) -> SideJob:
         with self.sessions.begin() as session:
             conversation = session.get_one(Conversation, conversation_id)
             turn = sum(1 for m in conversation.messages if m.role == "user") + 1
@@ -648,15 +533,6 @@ class ArenaService:
         return message
 
 
-@dataclass(frozen=True)
-class _SideJob:
-    """What one side of a turn asks its model, and the answer row it fills."""
-
-    model: str
-    history: list[dict[str, str]]
-    message_id: int
-
-
 # ----------------------------------------------------------------------------- small helpers
 
 
@@ -689,20 +565,6 @@ def _status_message(status: str | None) -> str:
         BattleStatus.VOTED: "this battle is already voted on: start a new round",
     }
     return messages.get(status, f"the battle is {status}")
-
-
-def _reveals_identity(text: str, spec: ModelSpec) -> bool:
-    """Whether an answer names its own model (name, served id, family or organization)."""
-    names = {spec.name, spec.model_id}
-    names.update(part for part in re.split(r"[-_/ .:]", spec.name) if len(part) >= 4 and part.isalpha()
-                 and part.lower() not in _GENERIC_NAME_PARTS)
-    if len(spec.organization) >= 3:
-        names.add(spec.organization)
-    lowered = text.lower()
-    return any(re.search(r"\b" + re.escape(name.lower()) + r"\b", lowered) for name in names if name)
-
-
-_GENERIC_NAME_PARTS = {"demo", "tiny", "chat", "instruct", "base", "model", "mini", "small", "large", "preview"}
 
 
 def _repeat_outcome(battle: Battle, existing: Vote, choice: str) -> VoteOutcome:
