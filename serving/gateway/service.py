@@ -95,7 +95,9 @@ class Gateway:
         if cached is not None:
             return cached.source, cached.model, _replay(cached.body, include_usage)
         endpoint = await self._route(plan)
-        return "upstream", endpoint.name, self._relay(plan, endpoint, body, include_usage)
+        relay = self._relay(plan, endpoint, body, include_usage)
+        first = await anext(relay, None)  # an endpoint that fails at once fails before any header is sent
+        return "upstream", endpoint.name, _prepend(first, relay)
 
     async def _relay(self, plan: _Plan, endpoint: Endpoint, body: dict[str, Any],
                      include_usage: bool) -> AsyncIterator[dict[str, Any]]:
@@ -220,6 +222,13 @@ def _completion(completion_id: str, model: str, text: str, finish_reason: str | 
     if usage:
         body["usage"] = usage
     return body
+
+
+async def _prepend(first: dict[str, Any] | None, rest: AsyncIterator[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
+    if first is not None:
+        yield first
+    async for chunk in rest:
+        yield chunk
 
 
 async def _replay(body: dict[str, Any], include_usage: bool) -> AsyncIterator[dict[str, Any]]:

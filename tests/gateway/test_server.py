@@ -149,6 +149,8 @@ def test_a_failing_endpoint_is_reported_and_nothing_is_cached(endpoints, router_
         with serve_app(create_app(gateway)) as url:
             failed = chat(url, HARD_PROMPT)
             assert failed.status_code == 502 and "engine down" in failed.json()["error"]["message"]
+            streamed = chat(url, HARD_PROMPT, stream=True)  # fails before the stream starts: a real status
+            assert streamed.status_code == 502 and "engine down" in streamed.json()["error"]["message"]
             assert gateway.cache.stats().entries == 0
 
 
