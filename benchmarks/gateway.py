@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import csv
 import gzip
+import hashlib
 import json
 import logging
 import sys
@@ -149,12 +150,21 @@ def flops(queries: list[Query], params: float) -> np.ndarray:
     return np.array([2 * params * (q.prompt_tokens + q.output_tokens) for q in queries])
 
 
-def embed(queries: list[Query]) -> np.ndarray:
+def embed(queries: list[Query], cache_path: Path | None) -> np.ndarray:
+    """MiniLM embeddings of the prompts; with ``cache_path``, reused when the same prompts were embedded before."""
     from serving.gateway.embedding import TextEmbedder
 
+    texts = [q.text[:2000] for q in queries]
+    digest = hashlib.sha256("\x00".join(texts).encode()).hexdigest()
+    if cache_path is not None and cache_path.exists():
+        stored = np.load(cache_path)
+        if str(stored["digest"]) == digest:
+            return stored["vectors"]
     started = time.perf_counter()
-    vectors = TextEmbedder().encode([q.text[:2000] for q in queries])
+    vectors = TextEmbedder().encode(texts)
     logger.info("embedded %d queries in %.0f s", len(queries), time.perf_counter() - started)
+    if cache_path is not None:
+        np.savez(cache_path, digest=digest, vectors=vectors)
     return vectors
 
 
@@ -297,7 +307,7 @@ def goal_summary(claim: dict[str, Any], fractions: list[float]) -> dict[str, Any
         lru = next(r for r in claim["rows"] if r["routing"] == "router" and r["policy"] == "lru"
                    and r["cache_fraction"] == fraction)
         loss = round(1 - combined["quality_ratio"], 4)
-        met = combined["flops_saved_x"] >= 4 and loss < 0.02
+        met = bool(combined["flops_saved_x"] >= 4 and loss < 0.02)
         by_size.append({"cache_fraction": fraction, "policy": combined["policy"],
                         "flops_saved_x": combined["flops_saved_x"], "quality_loss": loss, "met": met,
                         "cache_only_x": cache_only["flops_saved_x"], "cache_only_policy": cache_only["policy"],
@@ -317,7 +327,10 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=None, help="requests per stream")
     parser.add_argument("--target-quality", type=float, default=0.985,
                         help="the router's calibration target (routed / all-large quality)")
-    parser.add_argument("--budget-s", type=float, default=1200, help="stop adding experiments after this long")
+    parser.add_argument("--budget-s", type=float, default=1200,
+                        help="stop adding experiments once the simulations took this long (embedding not counted)")
+    parser.add_argument("--embeddings-cache", type=Path, default=None,
+                        help="an .npz file to keep the prompt embeddings in between runs")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -330,7 +343,8 @@ def main() -> None:
     rng = np.random.default_rng(args.seed)
     queries = load_queries(per_source, rng)
     correct = correctness(queries, rng)
-    features = embed(queries)
+    features = embed(queries, args.embeddings_cache)
+    simulations_started = time.perf_counter()
     order = rng.permutation(len(queries))
     train, test = order[: len(order) // 2], order[len(order) // 2:]
     experiments = []
@@ -341,7 +355,7 @@ def main() -> None:
     unseen = np.array([i for i in train if queries[i].source not in ("gsm8k", "humaneval")])
     plan.append(("chat mix, router trained without GSM8K/HumanEval", MIXES["chat"], 0.9, unseen, test))
     for name, mix, alpha, train_split, test_split in plan:
-        if experiments and time.perf_counter() - started > args.budget_s:
+        if experiments and time.perf_counter() - simulations_started > args.budget_s:
             logger.warning("budget spent: skipping %s", name)
             continue
         experiment = run_experiment(name, queries, features, correct, train_split, test_split, mix, alpha, length,
