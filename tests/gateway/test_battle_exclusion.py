@@ -8,9 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from arena.battles import ArenaError, BattleMode
+from arena.battles import ArenaError, ArenaService, BattleMode
+from arena.config import REPO_ROOT, Settings
+from arena.moderation import WordListModerator
 from arena.providers.registry import ModelRegistry, RegistryError
-from tests.test_battles import MODELS, fake_models, make_service  # noqa: F401 - the module fixture
+from tests.fake_openai import FakeOpenAI
+from tests.servers import registry_toml
+
+MODELS = ("alpha-7b", "bravo-13b")
 
 GATEWAY_MODEL = '[[models]]\nname = "auto"\nbase_url = "{url}"\nweight = {weight}\ntags = ["gateway"]\n'
 
@@ -22,13 +27,21 @@ def test_the_registry_refuses_a_gateway_model_that_could_be_sampled_for_battles(
     assert registry["auto"].is_gateway
 
 
+@pytest.fixture(scope="module")
+def fake_models() -> FakeOpenAI:
+    with FakeOpenAI(lambda request: "hello", models=list(MODELS)) as server:
+        yield server
+
+
 async def test_a_named_battle_refuses_a_gateway_model_but_direct_chat_takes_it(  # type: ignore[no-untyped-def]
-    db_sessions, fake_models, tmp_path: Path  # noqa: F811
+    db_sessions, fake_models: FakeOpenAI, tmp_path: Path
 ) -> None:
-    service = make_service(db_sessions, fake_models.base_url, tmp_path)
-    text = (tmp_path / "models.toml").read_text() + GATEWAY_MODEL.format(url=fake_models.base_url, weight=0)
-    (tmp_path / "models.toml").write_text(text)
-    service.registry = ModelRegistry.from_toml(tmp_path / "models.toml")
+    registry_file = tmp_path / "models.toml"
+    registry_file.write_text(registry_toml(fake_models.base_url, MODELS)
+                             + GATEWAY_MODEL.format(url=fake_models.base_url, weight=0))
+    settings = Settings(database_url="sqlite://", models_file=registry_file, provider_max_retries=0)
+    moderator = WordListModerator.from_file(REPO_ROOT / "data" / "moderation_words.txt")
+    service = ArenaService(db_sessions, ModelRegistry.from_toml(registry_file), moderator, settings)
     service.sync_models()
     try:
         with pytest.raises(ArenaError, match="'auto' is a gateway virtual model"):
