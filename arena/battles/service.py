@@ -230,6 +230,8 @@ class ArenaService:
         for name in (model_a, model_b):
             if name not in self.registry:
                 raise NotFoundError(f"unknown model {_shown(name)}")
+            if self.registry[name].is_gateway:
+                raise ArenaError(f"{_shown(name)} is a gateway virtual model (cached, routed answers): direct chat only")
         return model_a, model_b
 
     def create_chat(self, visitor_id: str, model: str) -> str:

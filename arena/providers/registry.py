@@ -12,6 +12,9 @@ Each ``[[models]]`` table names one model and the OpenAI-compatible endpoint ser
     organization = "Arena demo"
     license = "Apache-2.0"
     tags = ["open", "demo"]                    # e.g. open/proprietary, release-ok
+
+A model served through the inference gateway (``serving/gateway``) is tagged ``gateway``: it must have
+``weight = 0`` and can't be picked for a named battle (cached, routed answers would skew the votes).
 """
 
 from __future__ import annotations
@@ -61,7 +64,13 @@ class ModelSpec:
     def is_open(self) -> bool:
         return "open" in self.tags
 
+    @property
+    def is_gateway(self) -> bool:
+        """A virtual model of the inference gateway (cached and routed answers): never in battles."""
+        return GATEWAY_TAG in self.tags
 
+
+GATEWAY_TAG = "gateway"
 _KNOWN_FIELDS = {f for f in ModelSpec.__dataclass_fields__}
 _HEADER = re.compile(r"^[ \t]*\[\[[ \t]*models[ \t]*\]\]", re.MULTILINE)
 
@@ -161,6 +170,11 @@ def _spec_from_table(table: dict[str, Any], where: str) -> ModelSpec:
     tags = table.get("tags", [])
     if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
         raise RegistryError(f"{where}: tags must be a list of strings")
+    if GATEWAY_TAG in tags and weight != 0:
+        raise RegistryError(
+            f"{where}: {table['name']!r} is a gateway virtual model (tag {GATEWAY_TAG!r}); its answers are cached "
+            "and routed, so it can't take part in battles: set weight = 0 to offer it for direct chat only"
+        )
     return ModelSpec(
         name=table["name"],
         base_url=table["base_url"].rstrip("/"),
