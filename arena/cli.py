@@ -82,13 +82,27 @@ def serve(
     """Serve the arena page, the leaderboard and the JSON API."""
     import uvicorn
 
+    from arena.config import DEFAULT_SECRET_KEY
+    from arena.providers.registry import RegistryError
     from arena.web.app import create_app
 
     _configure_logging()
     settings = get_settings()
+    if settings.secret_key == DEFAULT_SECRET_KEY:
+        logger.warning("!" * 78)
+        logger.warning("ARENA_SECRET_KEY is the built-in default: visitor ids and cookies can be forged.")
+        logger.warning("Set ARENA_SECRET_KEY to a long random value before serving anyone but yourself.")
+        logger.warning("!" * 78)
     if migrate:
         db_upgrade("head", None)
-    uvicorn.run(create_app(settings), host=host or settings.host, port=port or settings.port, log_level="info")
+    try:
+        app = create_app(settings)
+    except RegistryError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    # uvicorn's own access log records client addresses; the app logs requests without them.
+    uvicorn.run(app, host=host or settings.host, port=port or settings.port, log_level="info",
+                access_log=False, timeout_graceful_shutdown=max(1, round(settings.shutdown_grace_s)))
 
 
 @app.command()

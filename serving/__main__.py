@@ -15,7 +15,10 @@ from pathlib import Path
 
 import uvicorn
 
-from serving.engine import AsyncEngine, Engine, EngineConfig
+from serving.async_engine import AsyncEngine
+from serving.config import EngineConfig
+from serving.engine import Engine
+from serving.scheduler import SCHEDULE_POLICIES
 
 logger = logging.getLogger("serving")
 
@@ -49,6 +52,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-context", type=int, default=None, help="longest prompt + output")
     parser.add_argument("--kv-memory-gb", type=float, default=None, help="KV pool size per model")
     parser.add_argument("--no-cuda-graphs", action="store_true", help="run decode eagerly on CUDA")
+    parser.add_argument(
+        "--no-prefix-cache", action="store_true", help="recompute every prompt (no radix prefix cache)"
+    )
+    parser.add_argument(
+        "--schedule-policy",
+        choices=SCHEDULE_POLICIES,
+        default="lpm",
+        help="lpm: longest cached prefix first, with a fairness bound; fcfs: first come first served",
+    )
     parser.add_argument("--log-level", default="info")
     return parser
 
@@ -74,6 +86,8 @@ def main(argv: list[str] | None = None) -> None:
             max_batch_tokens=args.max_batch_tokens,
             kv_memory_gb=args.kv_memory_gb,
             cuda_graphs=False if args.no_cuda_graphs else None,
+            prefix_cache=not args.no_prefix_cache,
+            schedule_policy=args.schedule_policy,
         )
         try:
             engine = Engine(config)

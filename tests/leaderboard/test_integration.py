@@ -10,10 +10,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from arena.battles import ArenaError, make_pair_sampler
+from arena.battles import ActivePairSampler, ArenaError, make_pair_sampler
 from arena.cli import app
 from arena.db.session import get_engine, session_factory
-from arena.leaderboard.active_sampler import ActivePairSampler
 from arena.leaderboard.refresher import LeaderboardRefresher
 from arena.leaderboard.view import latest_view
 from arena.providers.registry import ModelSpec
