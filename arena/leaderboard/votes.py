@@ -1,6 +1,6 @@
 """Reading counted votes from the database, with the leaderboard's exclusions as WHERE clauses.
 
-Used by the leaderboard job (:mod:`arena.leaderboard.job`) and the active pair sampler.
+Used by the leaderboard job (:mod:`arena.leaderboard.job`) and the active pair sampler (:mod:`arena.battles.sampling`).
 """
 
 from __future__ import annotations
