@@ -99,7 +99,9 @@ def test_example_file_imports_ranks_and_reimports_as_a_no_op(database: str, tmp_
         assert set(battle.style["a"]) == {"tokens", "headers", "lists", "bold"}
         assert not any(m.active for m in session.scalars(select(Model))), "imported models are never sampled"
         assert session.scalar(select(func.count(Vote.id)).where(Vote.choice == "both_bad")) > 0
-    invoke("leaderboard", "compute", "--rounds", "20", "--url", database)
+    assert "unknown source 'elsewhere'" in invoke("leaderboard", "compute", "--source", "elsewhere", "--url",
+                                                  database, expect=2)
+    invoke("leaderboard", "compute", "--rounds", "20", "--source", "imported", "--url", database)
     shown = json.loads(invoke("leaderboard", "show", "--output", "json", "--url", database))
     assert shown["vote_count"] == 3000
     order = [row["model"] for row in shown["rows"]]
