@@ -135,3 +135,12 @@ def test_scoring_requests_give_the_models_prompt_logprobs(tiny_checkpoint):
         torch.testing.assert_close(got, expected.squeeze(1), atol=1e-4, rtol=1e-4)
     assert results["s1"].num_cached_tokens >= 48  # the second shares (a first chunk of) the prompt
     assert_no_slot_leaked(engine)
+
+
+def test_the_command_line_turns_the_cache_off_and_picks_the_policy():
+    from serving.__main__ import build_parser
+
+    default = build_parser().parse_args(["--model", "m=/models/m"])
+    assert not default.no_prefix_cache and default.schedule_policy == "lpm"
+    off = build_parser().parse_args(["--model", "m=/models/m", "--no-prefix-cache", "--schedule-policy", "fcfs"])
+    assert off.no_prefix_cache and off.schedule_policy == "fcfs"
