@@ -228,10 +228,11 @@ class Engine:
             offset += count
             if seq.is_finished or seq.num_computed < len(seq.token_ids):
                 continue
+            scores = list(seq.scores)  # before finishing, which resets the sequence's state
             self.scheduler.finish(seq, "stop")
             self._streams.pop(seq.request_id)
             output = self._output(seq, [], [], "")
-            output.prompt_logprobs = list(seq.scores)
+            output.prompt_logprobs = scores
             outputs.append(output)
         return outputs
 

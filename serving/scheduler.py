@@ -298,6 +298,7 @@ class Scheduler:
             self.req_pool.free(seq.req_pool_idx)
             seq.req_pool_idx = None
         seq.num_computed, seq.kv_slots, seq.prefix, seq.table_len = 0, [], EMPTY_MATCH, 0
+        seq.scores.clear()  # a scoring sequence rescored from scratch when readmitted
         if seq in self.running:
             self.running.remove(seq)
 

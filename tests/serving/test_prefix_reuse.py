@@ -106,3 +106,41 @@ def test_a_tiny_pool_evicts_and_preempts_without_changing_tokens(tiny_checkpoint
     assert engine_greedy(on, prompts, ARRIVALS, NEW_TOKENS) == expected
     assert on.scheduler.num_preemptions > 0 and sum(evicted) > 0
     assert_no_slot_leaked(on)
+
+
+def test_scoring_requests_give_the_models_prompt_logprobs(tiny_checkpoint):
+    """A scoring request (what ``choices`` runs) reports log p(token i | tokens before) from
+    score_from on, across prefill chunks and with its prompt prefix taken from the cache."""
+    from transformers import AutoModelForCausalLM
+
+    path = tiny_checkpoint("qwen3")
+    engine = make_engine(path, prefix_cache=True)
+    generator = torch.Generator().manual_seed(3)
+    prompt = torch.randint(20, len(engine.tokenizer), (70,), generator=generator).tolist()
+    continuations = [torch.randint(20, len(engine.tokenizer), (n,), generator=generator).tolist() for n in (3, 60)]
+    params = SamplingParams(temperature=0, max_tokens=1)
+    for index, tokens in enumerate(continuations):
+        engine.add_request(GenerationRequest(f"s{index}", prompt + tokens, params, score_from=len(prompt)))
+    results = {}
+    while engine.has_work:
+        for output in engine.step():
+            assert output.finished and not output.new_token_ids
+            results[output.request_id] = output
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    for index, tokens in enumerate(continuations):
+        with torch.no_grad():
+            logits = model(torch.tensor([prompt + tokens])).logits[0]
+        expected = torch.log_softmax(logits[len(prompt) - 1 : -1], dim=-1).gather(1, torch.tensor(tokens)[:, None])
+        got = torch.tensor(results[f"s{index}"].prompt_logprobs)
+        torch.testing.assert_close(got, expected.squeeze(1), atol=1e-4, rtol=1e-4)
+    assert results["s1"].num_cached_tokens >= 48  # the second shares (a first chunk of) the prompt
+    assert_no_slot_leaked(engine)
+
+
+def test_the_command_line_turns_the_cache_off_and_picks_the_policy():
+    from serving.__main__ import build_parser
+
+    default = build_parser().parse_args(["--model", "m=/models/m"])
+    assert not default.no_prefix_cache and default.schedule_policy == "lpm"
+    off = build_parser().parse_args(["--model", "m=/models/m", "--no-prefix-cache", "--schedule-policy", "fcfs"])
+    assert off.no_prefix_cache and off.schedule_policy == "fcfs"
