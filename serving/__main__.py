@@ -5,15 +5,17 @@ Example (the arena demo)::
     python -m serving.demo_models --out data/demo_models
     python -m serving --model demo-llama-tiny=data/demo_models/demo-llama-tiny \\
         --model demo-qwen-tiny=data/demo_models/demo-qwen-tiny --port 8100 --device cpu
+
+``arena-serve calibrate --model DIR --text FILE`` ranks a model's q/k channels for Double
+Sparsity instead (``serving/sparse/calibration.py``).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from pathlib import Path
-
-import uvicorn
 
 from serving.async_engine import AsyncEngine
 from serving.config import EngineConfig
@@ -66,10 +68,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["calibrate"]:
+        from serving.sparse.calibration import main as calibrate
+
+        return calibrate(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    import uvicorn
+
     from serving.server import create_app  # the only FastAPI importer
 
     names = [name for name, _ in args.model]
