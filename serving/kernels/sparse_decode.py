@@ -340,15 +340,18 @@ def _launch_partial(
     mid_out = torch.empty((batch, num_q_heads, splits, head_dim), dtype=torch.float32, device=q.device)
     mid_lse = torch.empty((batch, num_q_heads, splits), dtype=torch.float32, device=q.device)
     gathered = positions is not None
-    pos = positions if gathered else seq_lens  # any tensor: unused when not gathered
+    pos = positions if positions is not None else seq_lens  # any tensor: unused when not gathered
+    num_selected, stride_pb, stride_ph = (
+        (pos.shape[-1], pos.stride(0), pos.stride(1)) if gathered else (0, 0, 0)
+    )
     out_scores = scores if scores is not None else mid_lse
     _sparse_partial_kernel[(batch, num_kv_heads * head_blocks, splits)](
         q, k_cache, v_cache, req_to_token, req_pool_indices, seq_lens, pos, out_scores,
         mid_out, mid_lse,
-        positions.shape[-1] if gathered else 0, scale * LOG2E,
+        num_selected, scale * LOG2E,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1),
         v_cache.stride(0), v_cache.stride(1), req_to_token.stride(0), req_to_token.stride(1),
-        pos.stride(0) if gathered else 0, pos.stride(1) if gathered else 0,
+        stride_pb, stride_ph,
         out_scores.stride(0), out_scores.stride(1),
         mid_out.stride(0), mid_out.stride(1), mid_out.stride(2), mid_lse.stride(0), mid_lse.stride(1),
         GROUP=group, HEAD_BLOCKS=head_blocks, HEAD_DIM=head_dim,
