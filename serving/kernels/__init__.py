@@ -33,6 +33,7 @@ from serving.kernels.reference import (
     silu_and_mul_ref,
 )
 from serving.kernels.sparse_reference import (
+    extend_attention_mass_ref,
     gathered_decode_attention_ref,
     h2o_decode_attention_ref,
     h2o_keep_positions,
@@ -47,6 +48,7 @@ __all__ = [
     "decode_attention_ref",
     "decode_attention_triton",
     "extend_attention",
+    "extend_attention_mass_ref",
     "extend_attention_ref",
     "extend_attention_triton",
     "fused_add_rms_norm",

@@ -180,3 +180,41 @@ def h2o_keep_positions(mass: torch.Tensor, budget: int, recent: int, protected: 
         torch.arange(recent_start, count, device=mass.device),
     ]
     return torch.cat(parts).sort().values
+
+
+def extend_attention_mass_ref(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    req_to_token: torch.Tensor,
+    req_pool_indices: torch.Tensor,
+    seq_lens: torch.Tensor,
+    extend_lens: torch.Tensor,
+    q_start: torch.Tensor,
+    scale: float,
+    mass: torch.Tensor,
+    chunk: int = 256,
+) -> None:
+    """H2O's mass for an extend (prefill) step: ``mass[slot] +=`` the causal attention
+    probability each key receives from every new token and query head (layout as in
+    ``extend_attention_ref``). Queries go ``chunk`` at a time, so memory stays
+    ``O(chunk * Hq * seq_len)``; the time is that of computing the attention matrix again.
+    """
+    num_q_heads, num_kv_heads = q.shape[1], k_cache.shape[1]
+    group = num_q_heads // num_kv_heads
+    for b in range(req_pool_indices.shape[0]):
+        seq_len, extend_len = int(seq_lens[b]), int(extend_lens[b])
+        if extend_len == 0:
+            continue
+        start, prefix_len = int(q_start[b]), seq_len - extend_len
+        slots = req_to_token[int(req_pool_indices[b]), :seq_len].long()
+        keys = k_cache[slots].float().repeat_interleave(group, dim=1)  # [L, Hq, D]
+        key_pos = torch.arange(seq_len, device=q.device)
+        received = torch.zeros(seq_len, dtype=torch.float32, device=q.device)
+        for first in range(0, extend_len, chunk):
+            count = min(chunk, extend_len - first)
+            queries = q[start + first : start + first + count].float()
+            scores = torch.einsum("ehd,lhd->hel", queries, keys) * scale
+            query_pos = prefix_len + first + torch.arange(count, device=q.device)
+            scores = scores.masked_fill(key_pos[None, None, :] > query_pos[None, :, None], float("-inf"))
+            received += torch.softmax(scores, dim=-1).sum(dim=(0, 1))
+        mass.index_add_(0, slots, received)
