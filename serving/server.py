@@ -82,6 +82,7 @@ class _SamplingFields(BaseModel):
     @property
     def constraint(self) -> list[str] | None:
         return self.choices if self.choices is not None else self.guided_choice
+    sparse_attention: bool = True  # False: this request attends densely on a sparse-attention model
 
     def sampling_params(self, max_tokens: int | None, logprobs: int | None) -> SamplingParams:
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
@@ -99,6 +100,7 @@ class _SamplingFields(BaseModel):
             stop_token_ids=self.stop_token_ids,
             ignore_eos=self.ignore_eos,
             logprobs=logprobs,
+            sparse_attention=self.sparse_attention,
         )
 
     @property

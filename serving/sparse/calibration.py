@@ -24,8 +24,15 @@ from pathlib import Path
 
 import torch
 
-from serving.attention import AttentionBackend, ForwardBatch, ForwardMode
-from serving.memory import KVPool
+from serving import kernels
+from serving.attention import (
+    AttentionLayer,
+    DenseAttentionBackend,
+    ForwardBatch,
+    ForwardMode,
+    rotary_and_store,
+)
+from serving.memory import KVPool, ReqToTokenPool
 from serving.models.llama import head_dim_of
 
 logger = logging.getLogger(__name__)
@@ -106,17 +113,23 @@ class ChannelRanking:
             )
 
 
-class _RecordingBackend(AttentionBackend):
-    """Dense attention that also accumulates each layer's channel importance."""
+class _RecordingBackend(DenseAttentionBackend):
+    """Dense prefill attention that also accumulates each layer's channel importance."""
 
-    def __init__(self, kv_pool: KVPool, req_to_token: torch.Tensor, importance: torch.Tensor) -> None:
-        super().__init__(kv_pool, req_to_token)
+    def __init__(self, kv_pool: KVPool, req_pool: ReqToTokenPool, importance: torch.Tensor) -> None:
+        super().__init__(kv_pool, req_pool)
         self.importance = importance  # [L, Hkv, D] float64 sums over (pair, query head)
 
-    def forward(self, layer_id: int, q: torch.Tensor, batch: ForwardBatch, scale: float) -> torch.Tensor:
-        keys = self.kv_cache(layer_id)[0][batch.out_cache_loc]  # [T, Hkv, D], rotary applied
-        self.importance[layer_id] += causal_pair_importance(q, keys)
-        return super().forward(layer_id, q, batch, scale)
+    def forward(
+        self, layer: AttentionLayer, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: ForwardBatch
+    ) -> torch.Tensor:
+        k_cache, v_cache = self.kv_pool.k[layer.layer_id], self.kv_pool.v[layer.layer_id]
+        q = rotary_and_store(layer, q, k, v, batch, k_cache, v_cache)  # as attention sees them
+        self.importance[layer.layer_id] += causal_pair_importance(q, k_cache[batch.out_cache_loc])
+        return kernels.extend_attention(
+            q, k_cache, v_cache, self.req_to_token, batch.req_pool_indices, batch.seq_lens,
+            batch.extend_lens, batch.q_start, layer.scale,
+        )  # fmt: skip
 
 
 def causal_pair_importance(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
@@ -148,13 +161,16 @@ def rank_channels(
     layers, kv_heads, head_dim = config.num_hidden_layers, config.num_key_value_heads, head_dim_of(config)
     window = min(window, len(token_ids))
     pool = KVPool(layers, window + 1, kv_heads, head_dim, param.dtype, param.device)
-    req_to_token = torch.arange(1, window + 1, dtype=torch.int32, device=param.device)[None]
+    rows = ReqToTokenPool(1, window, param.device)
     importance = torch.zeros(layers, kv_heads, head_dim, dtype=torch.float64, device=param.device)
-    backend = _RecordingBackend(pool, req_to_token, importance)
+    backend = _RecordingBackend(pool, rows, importance)
+    row = rows.alloc()
     pairs, done = 0, 0
     for piece in _windows(token_ids, window):
         count = len(piece)
-        model(_prefill_batch(piece, param.device), backend)
+        batch = _prefill_batch(piece, row, param.device)
+        backend.prepare(batch)
+        model(batch, backend)
         pairs += count * (count + 1) // 2
         done += count
         if progress is not None:
@@ -165,23 +181,27 @@ def rank_channels(
     return ChannelRanking(ranking, done)
 
 
-def _prefill_batch(token_ids: list[int], device: torch.device) -> ForwardBatch:
-    """One request prefilling ``token_ids`` into slots ``1..T`` of row 0."""
+def _prefill_batch(token_ids: list[int], row: int, device: torch.device) -> ForwardBatch:
+    """One request prefilling ``token_ids`` into slots ``1..T`` of slot-table row ``row``."""
     count = len(token_ids)
 
     def ints(values) -> torch.Tensor:
         return torch.as_tensor(values, dtype=torch.int64, device=device)
 
+    slots = torch.arange(1, count + 1, device=device)
     return ForwardBatch(
         mode=ForwardMode.EXTEND,
         input_ids=ints(token_ids),
         positions=torch.arange(count, device=device),
-        out_cache_loc=torch.arange(1, count + 1, device=device),
-        req_pool_indices=ints([0]),
+        out_cache_loc=slots,
+        req_pool_indices=ints([row]),
         seq_lens=ints([count]),
         extend_lens=ints([count]),
         q_start=ints([0]),
         logits_indices=ints([count - 1]),
+        table_rows=ints([row] * count),
+        table_cols=torch.arange(count, device=device),
+        table_slots=slots,
     )
 
 

@@ -10,23 +10,24 @@ one extend batch per sequence; decode steps batch all sequences.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from serving.attention import AttentionBackend, ForwardBatch, ForwardMode
 from serving.memory import KVPool, ReqToTokenPool
 from serving.models.llama import head_dim_of
+from serving.sparse.double_sparsity import DoubleSparsityBackend
 from serving.sparse.h2o import H2OBackend
 
-BackendFactory = Callable[[KVPool, torch.Tensor], AttentionBackend]
+BackendFactory = Callable[[KVPool, ReqToTokenPool], AttentionBackend]
 
 
 @dataclass
 class _Sequence:
     row: int
     length: int = 0  # tokens seen: the next token's position
-    kv_len: int = 0  # KV entries held (<= length once H2O evicts)
+    slots: list[int] = field(default_factory=list)  # KV entries held (fewer than length once H2O evicts)
 
 
 class OfflineDecoder:
@@ -42,17 +43,17 @@ class OfflineDecoder:
             head_dim_of(config), param.dtype, self.device,
         )  # fmt: skip
         self.rows = ReqToTokenPool(max_batch, max_context, self.device)
-        self.backend = make_backend(self.pool, self.rows.req_to_token)
+        self.backend = make_backend(self.pool, self.rows)
         self.sequences: list[_Sequence] = []
 
     def _ints(self, values) -> torch.Tensor:
         return torch.as_tensor(values, dtype=torch.int64).to(self.device)
 
-    def _place(self, seq: _Sequence, count: int) -> torch.Tensor:
-        """Allocate ``count`` slots at the end of the sequence's row; return them on the device."""
-        slots = self.pool.alloc(count).to(self.device)
-        self.rows.req_to_token[seq.row, seq.kv_len : seq.kv_len + count] = slots.to(torch.int32)
-        return slots
+    def _run(self, batch: ForwardBatch) -> torch.Tensor:
+        if isinstance(self.backend, DoubleSparsityBackend):
+            self.backend.plan(int(max(len(seq.slots) for seq in self.sequences)), [])
+        self.backend.prepare(batch)
+        return self.model(batch, self.backend)
 
     @torch.inference_mode()
     def prefill(self, prompts: list[list[int]]) -> torch.Tensor:
@@ -62,19 +63,24 @@ class OfflineDecoder:
             seq = _Sequence(self.rows.alloc())
             self.sequences.append(seq)
             count = len(prompt)
+            seq.slots = self.pool.alloc(count).tolist()
+            slots = self._ints(seq.slots)
             batch = ForwardBatch(
                 mode=ForwardMode.EXTEND,
                 input_ids=self._ints(prompt),
                 positions=torch.arange(count, device=self.device),
-                out_cache_loc=self._place(seq, count),
+                out_cache_loc=slots,
                 req_pool_indices=self._ints([seq.row]),
                 seq_lens=self._ints([count]),
                 extend_lens=self._ints([count]),
                 q_start=self._ints([0]),
                 logits_indices=self._ints([count - 1]),
+                table_rows=self._ints([seq.row] * count),
+                table_cols=torch.arange(count, device=self.device),
+                table_slots=slots,
             )
-            logits.append(self.model(batch, self.backend))
-            seq.length = seq.kv_len = count
+            logits.append(self._run(batch))
+            seq.length = count
             self._maybe_evict(seq)
         return torch.cat(logits)
 
@@ -82,33 +88,37 @@ class OfflineDecoder:
     def decode(self, tokens: list[int]) -> torch.Tensor:
         """Feed one token to every sequence (in prefill order); return next-token logits ``[B, V]``."""
         seqs = self.sequences
-        slots = torch.cat([self._place(seq, 1) for seq in seqs])
+        new_slots = self.pool.alloc(len(seqs)).tolist()
+        for seq, slot in zip(seqs, new_slots, strict=True):
+            seq.slots.append(slot)
         batch = ForwardBatch(
             mode=ForwardMode.DECODE,
             input_ids=self._ints(tokens),
             positions=self._ints([seq.length for seq in seqs]),
-            out_cache_loc=slots,
+            out_cache_loc=self._ints(new_slots),
             req_pool_indices=self._ints([seq.row for seq in seqs]),
-            seq_lens=self._ints([seq.kv_len + 1 for seq in seqs]),
+            seq_lens=self._ints([len(seq.slots) for seq in seqs]),
             extend_lens=torch.ones(len(seqs), dtype=torch.int64, device=self.device),
             q_start=torch.arange(len(seqs), device=self.device),
             logits_indices=torch.arange(len(seqs), device=self.device),
         )
-        logits = self.model(batch, self.backend)
+        logits = self._run(batch)
         for seq in seqs:
             seq.length += 1
-            seq.kv_len += 1
             self._maybe_evict(seq)
         return logits
 
     def _maybe_evict(self, seq: _Sequence) -> None:
         backend = self.backend
-        if isinstance(backend, H2OBackend) and backend.needs_eviction(seq.kv_len, seq.length):
-            seq.kv_len = backend.evict(seq.row, seq.kv_len, seq.length)
+        if isinstance(backend, H2OBackend) and backend.needs_eviction(len(seq.slots), seq.length):
+            keep = backend.evict(seq.row, len(seq.slots), seq.length)
+            kept = set(keep)
+            self.pool.free([slot for i, slot in enumerate(seq.slots) if i not in kept])
+            seq.slots = [seq.slots[i] for i in keep]
 
     def kv_entries(self) -> list[int]:
         """KV entries each sequence holds now."""
-        return [seq.kv_len for seq in self.sequences]
+        return [len(seq.slots) for seq in self.sequences]
 
 
 def greedy(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from serving.attention import AttentionBackend
+from serving.attention import DenseAttentionBackend
 from serving.models import load_model
 from serving.sparse.calibration import rank_channels
 from serving.sparse.double_sparsity import DoubleSparsityBackend, DoubleSparsityConfig
@@ -25,13 +25,13 @@ def channels(llama) -> torch.Tensor:
     return rank_channels(llama, list(range(3, 300)), window=128).top(8)  # 8 of 16 channels
 
 
-def dense(pool, req_to_token) -> AttentionBackend:
-    return AttentionBackend(pool, req_to_token)
+def dense(pool, req_pool) -> DenseAttentionBackend:
+    return DenseAttentionBackend(pool, req_pool)
 
 
 def double_sparsity(channels: torch.Tensor, **settings):
     config = DoubleSparsityConfig(**settings)
-    return lambda pool, table: DoubleSparsityBackend(pool, table, channels, config)
+    return lambda pool, rows: DoubleSparsityBackend(pool, rows, None, config, channels)
 
 
 def test_double_sparsity_below_the_threshold_is_dense(llama, channels) -> None:
@@ -65,12 +65,12 @@ def test_double_sparsity_rejects_channels_of_another_model(llama) -> None:
 
 
 def test_h2o_with_a_budget_above_the_length_is_dense(llama) -> None:
-    backend = lambda pool, table: H2OBackend(pool, table, H2OConfig(budget_tokens=1000))  # noqa: E731
+    backend = lambda pool, table: H2OBackend(pool, table, None, H2OConfig(budget_tokens=1000))  # noqa: E731
     assert greedy(llama, backend, PROMPTS, 16) == greedy(llama, dense, PROMPTS, 16)
 
 
 def test_h2o_mass_after_prefill_is_one_per_query_and_head(llama) -> None:
-    decoder = OfflineDecoder(llama, lambda p, t: H2OBackend(p, t, H2OConfig(budget_tokens=1000)), 1, 64)
+    decoder = OfflineDecoder(llama, lambda p, t: H2OBackend(p, t, None, H2OConfig(budget_tokens=1000)), 1, 64)
     decoder.prefill([PROMPTS[0][:40]])
     mass = decoder.pool.side_tables["h2o_mass"]
     torch.testing.assert_close(mass.sum(dim=1), torch.full((2,), 40.0 * 4))  # 40 queries x 4 heads, per layer
@@ -80,7 +80,7 @@ def test_h2o_mass_after_prefill_is_one_per_query_and_head(llama) -> None:
 
 def test_h2o_evicts_to_its_budget_and_frees_the_slots(llama) -> None:
     config = H2OConfig(budget_fraction=0.25, min_budget=8, evict_slack=4)
-    decoder = OfflineDecoder(llama, lambda p, t: H2OBackend(p, t, config), 3, 160)
+    decoder = OfflineDecoder(llama, lambda p, t: H2OBackend(p, t, None, config), 3, 160)
     decoder.prefill(PROMPTS)
     for step in range(12):
         decoder.decode([40 + step] * 3)
@@ -89,20 +89,18 @@ def test_h2o_evicts_to_its_budget_and_frees_the_slots(llama) -> None:
     for length, kv_len in zip(lengths, held, strict=True):
         assert config.budget(length) <= kv_len <= config.budget(length) + config.evict_slack
     assert decoder.pool.num_free == decoder.pool.capacity - sum(held)  # evicted slots are back
-    for seq in decoder.sequences:  # rows hold distinct live slots, the newest token last
-        row = decoder.rows.req_to_token[seq.row, : seq.kv_len]
-        assert row.unique().numel() == seq.kv_len and (row > 0).all()
+    for seq in decoder.sequences:  # the device rows hold the sequences' remaining slots
+        assert decoder.rows.req_to_token[seq.row, : len(seq.slots)].tolist() == seq.slots
 
 
 def test_h2o_evict_keeps_the_protected_prefix_and_recent_tokens(llama) -> None:
     config = H2OConfig(budget_tokens=20, recent_fraction=0.5, evict_slack=1000)
-    decoder = OfflineDecoder(llama, lambda p, t: H2OBackend(p, t, config), 1, 128)
+    decoder = OfflineDecoder(llama, lambda p, t: H2OBackend(p, t, None, config), 1, 128)
     decoder.prefill([PROMPTS[2][:100]])
     seq = decoder.sequences[0]
     before = decoder.rows.req_to_token[seq.row, :100].clone()
-    kept = decoder.backend.evict(seq.row, 100, 100, protected=6)
-    after = decoder.rows.req_to_token[seq.row, :kept]
-    assert kept == 20
-    assert torch.equal(after[:6], before[:6]) and torch.equal(after[-10:], before[-10:])
-    assert set(after.tolist()) <= set(before.tolist())
-    assert decoder.pool.num_free == decoder.pool.capacity - 20
+    keep = decoder.backend.evict(seq.row, 100, 100, protected=6)
+    after = decoder.rows.req_to_token[seq.row, : len(keep)]
+    assert len(keep) == 20 and keep == sorted(keep)
+    assert keep[:6] == list(range(6)) and keep[-10:] == list(range(90, 100))
+    assert torch.equal(after, before[keep])
