@@ -21,6 +21,7 @@ from serving.async_engine import AsyncEngine
 from serving.config import EngineConfig
 from serving.engine import Engine
 from serving.scheduler import SCHEDULE_POLICIES
+from serving.sparse.options import add_sparse_arguments, sparse_engine_fields
 
 logger = logging.getLogger("serving")
 
@@ -64,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="lpm: longest cached prefix first, with a fairness bound; fcfs: first come first served",
     )
     parser.add_argument("--log-level", default="info")
+    add_sparse_arguments(parser)
     return parser
 
 
@@ -86,6 +88,10 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"model names must be unique: {names}")
     engines = {}
     for name, path in args.model:
+        try:
+            sparse = sparse_engine_fields(args, name)
+        except ValueError as error:
+            raise SystemExit(f"arena-serve: {error}") from None
         config = EngineConfig(
             model_path=path,
             device=args.device,
@@ -97,6 +103,7 @@ def main(argv: list[str] | None = None) -> None:
             cuda_graphs=False if args.no_cuda_graphs else None,
             prefix_cache=not args.no_prefix_cache,
             schedule_policy=args.schedule_policy,
+            **sparse,
         )
         try:
             engine = Engine(config)
