@@ -29,8 +29,10 @@ The protocol (:class:`AttentionBackend`):
     Host-side, once per step before ``prepare`` (graph replays included), with the
     :class:`~serving.scheduler.ScheduledBatch`: what a backend decides from host numbers (the
     step's longest context, which requests opted out of sparse attention) without reading the
-    device. The dense backend needs nothing. ``supports_cuda_graphs`` / ``supports_overlap``
-    say whether the runner may capture its decode steps and the engine may schedule ahead.
+    device. The dense backend needs nothing. ``supports_cuda_graphs`` / ``supports_overlap`` /
+    ``supports_prefix_cache`` say whether the runner may capture its decode steps, the engine
+    may schedule ahead, and the engine may share KV through the prefix cache (not when the
+    backend evicts entries: the cache owns a running sequence's prefilled slots).
 ``evictions(batch)``
     Host-side, after a step is queued: ``(sequence, kept entry indices)`` for each sequence of
     the step whose KV the backend shrank (H2O; its device row already compacted). The engine
@@ -121,6 +123,7 @@ class AttentionBackend(Protocol):
     kv_pool: KVPool
     supports_cuda_graphs: bool
     supports_overlap: bool
+    supports_prefix_cache: bool
 
     def begin_step(self, batch: ScheduledBatch) -> None: ...
 
@@ -159,6 +162,7 @@ class DenseAttentionBackend:
 
     supports_cuda_graphs = True
     supports_overlap = True
+    supports_prefix_cache = True
 
     def __init__(
         self, kv_pool: KVPool, req_pool: ReqToTokenPool, model_config: object = None, options: object = None

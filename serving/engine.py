@@ -75,7 +75,8 @@ class Engine:
             model, plan, config.use_cuda_graphs, config.attention_backend, config.sparse_options()
         )
         kv_pool = self.runner.kv_pool
-        prefix_cache = RadixCache(kv_pool) if config.prefix_cache else NoPrefixCache(kv_pool)
+        use_cache = config.prefix_cache and self.runner.attention.supports_prefix_cache
+        prefix_cache = RadixCache(kv_pool) if use_cache else NoPrefixCache(kv_pool)
         self.scheduler = Scheduler(
             kv_pool,
             self.runner.req_pool,

@@ -79,10 +79,11 @@ class _SamplingFields(BaseModel):
     choices: list[str] | None = Field(default=None, max_length=64)
     guided_choice: list[str] | None = Field(default=None, max_length=64)
 
+    sparse_attention: bool = True  # False: this request attends densely on a sparse-attention model
+
     @property
     def constraint(self) -> list[str] | None:
         return self.choices if self.choices is not None else self.guided_choice
-    sparse_attention: bool = True  # False: this request attends densely on a sparse-attention model
 
     def sampling_params(self, max_tokens: int | None, logprobs: int | None) -> SamplingParams:
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])

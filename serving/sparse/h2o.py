@@ -76,10 +76,12 @@ class H2OBackend(DenseAttentionBackend):
 
     Decode steps may be CUDA-graph captured (the mass kernel's scratch is as wide as the slot
     table); the engine does not schedule ahead, since eviction changes a sequence's KV length
-    between steps.
+    between steps, and runs without the prefix cache, which would own (and share) the slots of
+    a prompt that H2O must be free to evict.
     """
 
     supports_overlap = False
+    supports_prefix_cache = False  # the cache would own the prompt's slots, which H2O must evict
 
     def __init__(
         self,

@@ -14,6 +14,7 @@ from serving.async_engine import AsyncEngine
 from serving.config import EngineConfig
 from serving.engine import Engine
 from serving.models import load_model
+from serving.prefix_cache import NoPrefixCache
 from serving.sampling import SamplingParams
 from serving.sequence import GenerationRequest
 from serving.server import CompletionRequest, create_app
@@ -116,6 +117,7 @@ def test_h2o_eviction_frees_slots_so_more_sequences_fit(model_dir) -> None:
     assert all(count == 60 for count in lengths.values())
     assert h2o.scheduler.num_preemptions == 0 and peak <= 4 * 60 + 4
     assert h2o.runner.kv_pool.num_free == h2o.runner.kv_pool.capacity  # nothing leaked
+    assert isinstance(h2o.scheduler.prefix_cache, NoPrefixCache)  # it would own the prompts' slots
     generate(dense, ids, 60)
     assert dense.scheduler.num_preemptions > 0
 
