@@ -5,20 +5,23 @@ Example (the arena demo)::
     python -m serving.demo_models --out data/demo_models
     python -m serving --model demo-llama-tiny=data/demo_models/demo-llama-tiny \\
         --model demo-qwen-tiny=data/demo_models/demo-qwen-tiny --port 8100 --device cpu
+
+``arena-serve calibrate --model DIR --text FILE`` ranks a model's q/k channels for Double
+Sparsity instead (``serving/sparse/calibration.py``).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from pathlib import Path
-
-import uvicorn
 
 from serving.async_engine import AsyncEngine
 from serving.config import EngineConfig
 from serving.engine import Engine
 from serving.scheduler import SCHEDULE_POLICIES
+from serving.sparse.options import add_sparse_arguments, sparse_engine_fields
 
 logger = logging.getLogger("serving")
 
@@ -62,14 +65,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="lpm: longest cached prefix first, with a fairness bound; fcfs: first come first served",
     )
     parser.add_argument("--log-level", default="info")
+    add_sparse_arguments(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["calibrate"]:
+        from serving.sparse.calibration import main as calibrate
+
+        return calibrate(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    import uvicorn
+
     from serving.server import create_app  # the only FastAPI importer
 
     names = [name for name, _ in args.model]
@@ -77,6 +88,10 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"model names must be unique: {names}")
     engines = {}
     for name, path in args.model:
+        try:
+            sparse = sparse_engine_fields(args, name)
+        except ValueError as error:
+            raise SystemExit(f"arena-serve: {error}") from None
         config = EngineConfig(
             model_path=path,
             device=args.device,
@@ -88,6 +103,7 @@ def main(argv: list[str] | None = None) -> None:
             cuda_graphs=False if args.no_cuda_graphs else None,
             prefix_cache=not args.no_prefix_cache,
             schedule_policy=args.schedule_policy,
+            **sparse,
         )
         try:
             engine = Engine(config)

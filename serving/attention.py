@@ -25,6 +25,18 @@ The protocol (:class:`AttentionBackend`):
     the batch's tensors only: for decode batches on CUDA it is captured into the decode graph
     and replayed with the graph's static inputs. The dense backend records the step's slots in
     ``req_to_token`` here.
+``begin_step(batch)``
+    Host-side, once per step before ``prepare`` (graph replays included), with the
+    :class:`~serving.scheduler.ScheduledBatch`: what a backend decides from host numbers (the
+    step's longest context, which requests opted out of sparse attention) without reading the
+    device. The dense backend needs nothing. ``supports_cuda_graphs`` / ``supports_overlap`` /
+    ``supports_prefix_cache`` say whether the runner may capture its decode steps, the engine
+    may schedule ahead, and the engine may share KV through the prefix cache (not when the
+    backend evicts entries: the cache owns a running sequence's prefilled slots).
+``evictions(batch)``
+    Host-side, after a step is queued: ``(sequence, kept entry indices)`` for each sequence of
+    the step whose KV the backend shrank (H2O; its device row already compacted). The engine
+    then drops the other entries from ``Sequence.kv_slots`` and frees their slots. Dense: none.
 ``init_graph_state(max_batch)`` / ``prepare_replay(batch, size)``
     CUDA-graph hooks: allocate any static buffers the backend's captured work reads, once
     before capture; fill them on the host side before each replay of a graph of ``size``
@@ -32,11 +44,14 @@ The protocol (:class:`AttentionBackend`):
     needs neither.
 
 The model runner picks the backend class by name from :data:`ATTENTION_BACKENDS`
-(``EngineConfig.attention_backend``) and builds it with ``(kv_pool, req_pool, model_config)``.
+(``EngineConfig.attention_backend``: ``dense``, ``double-sparsity``, ``h2o``) and builds it with
+``(kv_pool, req_pool, model_config, options)``, the options being the backend's settings
+(``EngineConfig.sparse_options()``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Protocol
@@ -48,6 +63,7 @@ from serving.memory import KVPool, ReqToTokenPool
 
 if TYPE_CHECKING:
     from serving.scheduler import ScheduledBatch
+    from serving.sequence import Sequence
 
 
 class ForwardMode(Enum):
@@ -105,6 +121,11 @@ class AttentionBackend(Protocol):
     """The single owner of K/V reads and writes (see the module docstring)."""
 
     kv_pool: KVPool
+    supports_cuda_graphs: bool
+    supports_overlap: bool
+    supports_prefix_cache: bool
+
+    def begin_step(self, batch: ScheduledBatch) -> None: ...
 
     def prepare(self, batch: ForwardBatch) -> None: ...
 
@@ -115,6 +136,8 @@ class AttentionBackend(Protocol):
     def init_graph_state(self, max_batch: int) -> None: ...
 
     def prepare_replay(self, batch: ScheduledBatch, size: int) -> None: ...
+
+    def evictions(self, batch: ScheduledBatch) -> list[tuple[Sequence, list[int]]]: ...
 
 
 def rotary_and_store(
@@ -137,9 +160,18 @@ def rotary_and_store(
 class DenseAttentionBackend:
     """Full paged attention over a :class:`KVPool` through the ``req_to_token`` slot table."""
 
-    def __init__(self, kv_pool: KVPool, req_pool: ReqToTokenPool, model_config: object = None) -> None:
+    supports_cuda_graphs = True
+    supports_overlap = True
+    supports_prefix_cache = True
+
+    def __init__(
+        self, kv_pool: KVPool, req_pool: ReqToTokenPool, model_config: object = None, options: object = None
+    ) -> None:
         self.kv_pool = kv_pool
         self.req_to_token = req_pool.req_to_token
+
+    def begin_step(self, batch: ScheduledBatch) -> None:
+        return None  # dense attention decides nothing on the host
 
     def prepare(self, batch: ForwardBatch) -> None:
         """Record the step's slots in the slot table (inside the decode graph on CUDA)."""
@@ -178,17 +210,30 @@ class DenseAttentionBackend:
     def prepare_replay(self, batch: ScheduledBatch, size: int) -> None:
         return None
 
+    def evictions(self, batch: ScheduledBatch) -> list[tuple[Sequence, list[int]]]:
+        return []  # dense attention keeps every entry
 
-ATTENTION_BACKENDS: dict[str, type] = {"dense": DenseAttentionBackend}
+
+ATTENTION_BACKENDS: dict[str, Callable[..., AttentionBackend]] = {"dense": DenseAttentionBackend}
+
+
+def _register_sparse_backends() -> None:
+    """Add Double Sparsity and H2O (``serving/sparse``) to the registry."""
+    from serving.sparse.double_sparsity import DoubleSparsityBackend
+    from serving.sparse.h2o import H2OBackend
+
+    ATTENTION_BACKENDS.setdefault("double-sparsity", DoubleSparsityBackend)
+    ATTENTION_BACKENDS.setdefault("h2o", H2OBackend)
 
 
 def make_attention_backend(
-    name: str, kv_pool: KVPool, req_pool: ReqToTokenPool, model_config: object
+    name: str, kv_pool: KVPool, req_pool: ReqToTokenPool, model_config: object, options: object = None
 ) -> AttentionBackend:
-    """Build the backend registered under ``name``; ValueError naming the known ones otherwise."""
+    """Build the backend registered under ``name`` (with its ``options``, e.g. a
+    ``DoubleSparsityConfig``); ValueError naming the known ones otherwise."""
+    _register_sparse_backends()
     if name not in ATTENTION_BACKENDS:
         raise ValueError(
             f"unknown attention backend {name!r}; known: {', '.join(sorted(ATTENTION_BACKENDS))}"
         )
-    backend: AttentionBackend = ATTENTION_BACKENDS[name](kv_pool, req_pool, model_config)
-    return backend
+    return ATTENTION_BACKENDS[name](kv_pool, req_pool, model_config, options)

@@ -4,11 +4,15 @@ says about context length and end-of-sequence tokens."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 from transformers import GenerationConfig, PreTrainedTokenizerBase
+
+from serving.sparse.calibration import CHANNELS_FILE
+from serving.sparse.double_sparsity import DoubleSparsityConfig
+from serving.sparse.h2o import H2OConfig
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +36,9 @@ class EngineConfig:
     # Launch the next decode step before reading this one's tokens, so the GPU never waits for
     # the host between steps (see Engine.step). None: on for CUDA.
     overlap: bool | None = None
-    attention_backend: str = "dense"  # a name in serving.attention.ATTENTION_BACKENDS
+    attention_backend: str = "dense"  # dense | double-sparsity | h2o (serving.attention.ATTENTION_BACKENDS)
+    double_sparsity: DoubleSparsityConfig = field(default_factory=DoubleSparsityConfig)
+    h2o: H2OConfig = field(default_factory=H2OConfig)
     prefix_cache: bool = True  # reuse the KV of shared prefixes (serving/radix_cache.py)
     schedule_policy: str = "lpm"  # "lpm": longest cached prefix first (fairness-bounded); "fcfs"
 
@@ -40,6 +46,18 @@ class EngineConfig:
         if self.dtype is None:
             return torch.bfloat16 if self.device.startswith("cuda") else torch.float32
         return getattr(torch, self.dtype)
+
+    def sparse_options(self) -> object:
+        """The chosen backend's settings; Double Sparsity's channel file defaults to the one
+        ``arena-serve calibrate`` wrote into the model directory."""
+        if self.attention_backend == "double-sparsity":
+            settings = self.double_sparsity
+            if settings.channels_path is None:
+                settings = replace(settings, channels_path=str(Path(self.model_path) / CHANNELS_FILE))
+            return settings
+        if self.attention_backend == "h2o":
+            return self.h2o
+        return None
 
     @property
     def use_cuda_graphs(self) -> bool:

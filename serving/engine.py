@@ -71,9 +71,12 @@ class Engine:
         num_slots = num_kv_slots(config, model_config, max_context, dtype)
         self.max_context = min(max_context, num_slots - 1)
         plan = MemoryPlan(num_slots, config.max_running, self.max_context)
-        self.runner = ModelRunner(model, plan, config.use_cuda_graphs, config.attention_backend)
+        self.runner = ModelRunner(
+            model, plan, config.use_cuda_graphs, config.attention_backend, config.sparse_options()
+        )
         kv_pool = self.runner.kv_pool
-        prefix_cache = RadixCache(kv_pool) if config.prefix_cache else NoPrefixCache(kv_pool)
+        use_cache = config.prefix_cache and self.runner.attention.supports_prefix_cache
+        prefix_cache = RadixCache(kv_pool) if use_cache else NoPrefixCache(kv_pool)
         self.scheduler = Scheduler(
             kv_pool,
             self.runner.req_pool,
@@ -84,7 +87,7 @@ class Engine:
         )
         self.generation_tokens = 0  # output tokens produced since start (/metrics)
         self.sampler = Sampler()
-        self.overlap = config.use_overlap
+        self.overlap = config.use_overlap and self.runner.attention.supports_overlap
         self._in_flight: LaunchedStep | None = None
         self._streams: dict[str, TextStream] = {}
 
@@ -211,6 +214,8 @@ class Engine:
             self.scheduler.rollback(batch)  # no slot may leak; the caller decides about the requests
             raise
         self.scheduler.advance(batch)
+        for seq, keep in self.runner.attention.evictions(batch):  # H2O: KV over budget
+            self.scheduler.drop_kv(seq, keep)
         sample = self.sampler.launch(logits[: len(sampling)], sampling) if sampling else None
         scores = None
         if targets:

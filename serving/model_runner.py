@@ -36,6 +36,7 @@ class ModelRunner:
         plan: MemoryPlan,
         use_cuda_graphs: bool,
         attention_backend: str = "dense",
+        backend_options: object = None,
     ) -> None:
         config = model.config
         param = next(model.parameters())
@@ -51,9 +52,13 @@ class ModelRunner:
         )
         self.req_pool = ReqToTokenPool(plan.max_running + 1, plan.max_context, self.device)
         self.padding_row = self.req_pool.alloc()  # padded graph entries read slot 0 through it
-        self.attention = make_attention_backend(attention_backend, self.kv_pool, self.req_pool, config)
+        self.attention = make_attention_backend(
+            attention_backend, self.kv_pool, self.req_pool, config, backend_options
+        )
         self.graphs: DecodeGraphs | None = None
-        if use_cuda_graphs:
+        if use_cuda_graphs and not self.attention.supports_cuda_graphs:
+            logger.info("the %s attention backend runs decode without CUDA graphs", attention_backend)
+        elif use_cuda_graphs:
             self.graphs = DecodeGraphs(self, plan.max_running)
 
     @torch.inference_mode()
@@ -66,6 +71,7 @@ class ModelRunner:
         """
         if batch.ahead != (unread_tokens is not None):
             raise ValueError("a batch scheduled ahead needs the unread tokens, and only it")
+        self.attention.begin_step(batch)
         if self.graphs is not None and batch.is_decode:
             return self.graphs.replay(batch, unread_tokens)
         forward_batch = self.prepare(batch)

@@ -40,6 +40,8 @@ class SamplingParams:
     stop_token_ids: list[int] = field(default_factory=list)
     ignore_eos: bool = False
     logprobs: int | None = None  # None: none; 0: chosen token only; n: also the top n
+    # Use the model's sparse attention (Double Sparsity, H2O) if it has one; False: dense.
+    sparse_attention: bool = True
 
     def validate(self) -> None:
         """Raise :class:`InvalidParamsError` naming the first bad field."""

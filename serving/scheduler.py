@@ -367,6 +367,18 @@ class Scheduler:
                 seq.table_len = min(seq.table_len, index)
                 seq.kv_slots[index] = slot
 
+    def drop_kv(self, seq: Sequence, keep: list[int]) -> None:
+        """Keep only the KV entries ``keep`` (sorted indices into ``seq.kv_slots``; the backend
+        already compacted the device row) and free the others' slots (H2O eviction). The shared
+        prefix must be among the kept ones."""
+        kept = set(keep)
+        if any(i not in kept for i in range(seq.prefix.length)):
+            raise ValueError("a sparse backend may not evict slots shared through the prefix cache")
+        freed = [slot for i, slot in enumerate(seq.kv_slots) if i not in kept]
+        seq.kv_slots = [seq.kv_slots[i] for i in keep]
+        seq.table_len = len(seq.kv_slots)
+        self.kv_pool.free(freed)
+
     def finish(self, seq: Sequence, reason: str) -> None:
         """Stop a sequence (any state): free what it owns and mark it finished."""
         if seq.status is SequenceStatus.WAITING and seq in self.waiting:

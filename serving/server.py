@@ -79,6 +79,8 @@ class _SamplingFields(BaseModel):
     choices: list[str] | None = Field(default=None, max_length=64)
     guided_choice: list[str] | None = Field(default=None, max_length=64)
 
+    sparse_attention: bool = True  # False: this request attends densely on a sparse-attention model
+
     @property
     def constraint(self) -> list[str] | None:
         return self.choices if self.choices is not None else self.guided_choice
@@ -99,6 +101,7 @@ class _SamplingFields(BaseModel):
             stop_token_ids=self.stop_token_ids,
             ignore_eos=self.ignore_eos,
             logprobs=logprobs,
+            sparse_attention=self.sparse_attention,
         )
 
     @property

@@ -8,7 +8,8 @@ Every op comes in three names with one signature:
   variable ``SERVING_KERNELS=torch|triton`` forces one side (``auto``/unset: by device).
 
 Triton is imported only when a Triton kernel is first called, so the CPU engine never needs
-it. The kernel modules (``paged_decode``, ``paged_extend``, ``elementwise``, ``gemv``) are named
+it. The kernel modules (``paged_decode``, ``paged_extend``, ``elementwise``, ``gemv``,
+``sparse_decode``) are named
 unlike the ops on purpose: importing a submodule sets it as an attribute of this package,
 which would otherwise replace the dispatch function of the same name.
 """
@@ -31,6 +32,15 @@ from serving.kernels.reference import (
     rotary_store_kv_ref,
     silu_and_mul_ref,
 )
+from serving.kernels.sparse_reference import (
+    extend_attention_mass_ref,
+    gathered_decode_attention_ref,
+    h2o_decode_attention_ref,
+    h2o_keep_positions,
+    label_scores_ref,
+    select_tokens,
+    store_labels,
+)
 
 __all__ = [
     "apply_rotary_ref",
@@ -38,13 +48,24 @@ __all__ = [
     "decode_attention_ref",
     "decode_attention_triton",
     "extend_attention",
+    "extend_attention_mass_ref",
     "extend_attention_ref",
     "extend_attention_triton",
     "fused_add_rms_norm",
     "fused_add_rms_norm_ref",
     "fused_add_rms_norm_triton",
+    "gathered_decode_attention",
+    "gathered_decode_attention_ref",
+    "gathered_decode_attention_triton",
     "GEMV_MAX_ROWS",
+    "h2o_decode_attention",
+    "h2o_decode_attention_ref",
+    "h2o_decode_attention_triton",
+    "h2o_keep_positions",
     "kernel_backend",
+    "label_scores",
+    "label_scores_ref",
+    "label_scores_triton",
     "linear",
     "linear_ref",
     "linear_triton",
@@ -55,9 +76,11 @@ __all__ = [
     "rotary_store_kv",
     "rotary_store_kv_ref",
     "rotary_store_kv_triton",
+    "select_tokens",
     "silu_and_mul",
     "silu_and_mul_ref",
     "silu_and_mul_triton",
+    "store_labels",
 ]
 
 _BACKENDS = ("auto", "torch", "triton")
@@ -254,3 +277,101 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     """``silu(x[..., :I]) * x[..., I:]``; see ``silu_and_mul_ref``."""
     op = silu_and_mul_triton if kernel_backend(x) == "triton" else silu_and_mul_ref
     return op(x)
+
+
+# --- sparse decode attention (Double Sparsity, H2O): see serving/kernels/sparse_reference.py ---
+
+
+def label_scores_triton(
+    q: torch.Tensor,
+    labels: torch.Tensor,
+    channels: torch.Tensor,
+    req_to_token: torch.Tensor,
+    req_pool_indices: torch.Tensor,
+    seq_lens: torch.Tensor,
+    max_len: int,
+    sink: int,
+    recent: int,
+) -> torch.Tensor:
+    """Double Sparsity's approximate scores from the label cache; see ``label_scores_ref``."""
+    from serving.kernels.sparse_decode import label_scores_triton as kernel
+
+    return kernel(q, labels, channels, req_to_token, req_pool_indices, seq_lens, max_len, sink, recent)
+
+
+def gathered_decode_attention_triton(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    req_to_token: torch.Tensor,
+    req_pool_indices: torch.Tensor,
+    seq_lens: torch.Tensor,
+    positions: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:
+    """Split-KV decode over selected positions only; see ``gathered_decode_attention_ref``."""
+    from serving.kernels.sparse_decode import gathered_decode_attention_triton as kernel
+
+    return kernel(q, k_cache, v_cache, req_to_token, req_pool_indices, seq_lens, positions, scale)
+
+
+def h2o_decode_attention_triton(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    req_to_token: torch.Tensor,
+    req_pool_indices: torch.Tensor,
+    seq_lens: torch.Tensor,
+    scale: float,
+    mass: torch.Tensor,
+) -> torch.Tensor:
+    """Decode attention accumulating per-slot attention mass; see ``h2o_decode_attention_ref``."""
+    from serving.kernels.sparse_decode import h2o_decode_attention_triton as kernel
+
+    return kernel(q, k_cache, v_cache, req_to_token, req_pool_indices, seq_lens, scale, mass)
+
+
+def label_scores(
+    q: torch.Tensor,
+    labels: torch.Tensor,
+    channels: torch.Tensor,
+    req_to_token: torch.Tensor,
+    req_pool_indices: torch.Tensor,
+    seq_lens: torch.Tensor,
+    max_len: int,
+    sink: int,
+    recent: int,
+) -> torch.Tensor:
+    """Approximate scores ``[B, Hkv, max_len]`` (fp32); see ``label_scores_ref``."""
+    op = label_scores_triton if kernel_backend(q) == "triton" else label_scores_ref
+    return op(q, labels, channels, req_to_token, req_pool_indices, seq_lens, max_len, sink, recent)
+
+
+def gathered_decode_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    req_to_token: torch.Tensor,
+    req_pool_indices: torch.Tensor,
+    seq_lens: torch.Tensor,
+    positions: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:
+    """Decode attention over ``positions[B, Hkv, K]``; see ``gathered_decode_attention_ref``."""
+    op = gathered_decode_attention_triton if kernel_backend(q) == "triton" else gathered_decode_attention_ref
+    return op(q, k_cache, v_cache, req_to_token, req_pool_indices, seq_lens, positions, scale)
+
+
+def h2o_decode_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    req_to_token: torch.Tensor,
+    req_pool_indices: torch.Tensor,
+    seq_lens: torch.Tensor,
+    scale: float,
+    mass: torch.Tensor,
+) -> torch.Tensor:
+    """Decode attention, ``mass[slot] +=`` attention received; see ``h2o_decode_attention_ref``."""
+    op = h2o_decode_attention_triton if kernel_backend(q) == "triton" else h2o_decode_attention_ref
+    return op(q, k_cache, v_cache, req_to_token, req_pool_indices, seq_lens, scale, mass)
