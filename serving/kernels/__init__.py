@@ -21,6 +21,12 @@ import os
 import torch
 import torch.nn.functional as F
 
+from serving.kernels.lora_reference import (
+    bgmv_expand_ref,
+    bgmv_shrink_ref,
+    sgmv_expand_ref,
+    sgmv_shrink_ref,
+)
 from serving.kernels.reference import (
     apply_rotary_ref,
     decode_attention_ref,
@@ -31,12 +37,6 @@ from serving.kernels.reference import (
     rotary_cos_sin_cache,
     rotary_store_kv_ref,
     silu_and_mul_ref,
-)
-from serving.kernels.lora_reference import (
-    bgmv_expand_ref,
-    bgmv_shrink_ref,
-    sgmv_expand_ref,
-    sgmv_shrink_ref,
 )
 
 __all__ = [
