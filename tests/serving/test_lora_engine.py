@@ -13,7 +13,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from serving.engine import Engine, EngineConfig
+from serving.config import EngineConfig
+from serving.engine import Engine
 from serving.lora.pool import AdapterInUseError
 from serving.sampling import SamplingParams
 from serving.sequence import GenerationRequest
