@@ -104,6 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--max-loras", type=int, default=4, help="adapters held on the device at once")
     parser.add_argument("--max-lora-rank", type=int, default=64, help="largest adapter rank accepted")
+    parser.add_argument(
+        "--lora-targets",
+        default=None,
+        help="comma-separated projections that adapters may adapt (default: q_proj,k_proj,v_proj,"
+        "o_proj,gate_proj,up_proj,down_proj); fewer targets, smaller GPU slots",
+    )
     parser.add_argument("--log-level", default="info")
     return parser
 
@@ -136,6 +142,7 @@ def main(argv: list[str] | None = None) -> None:
             enable_lora=args.enable_lora,
             max_loras=args.max_loras,
             max_lora_rank=args.max_lora_rank,
+            lora_targets=tuple(args.lora_targets.split(",")) if args.lora_targets else None,
         )
         try:
             engine = Engine(config)

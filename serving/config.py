@@ -42,6 +42,7 @@ class EngineConfig:
     enable_lora: bool = False
     max_loras: int = 4
     max_lora_rank: int = 64
+    lora_targets: tuple[str, ...] | None = None  # projections with device slots; None: all seven
 
     @property
     def lora_enabled(self) -> bool:

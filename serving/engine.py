@@ -18,7 +18,7 @@ from serving.config import EngineConfig, context_limit, eos_token_ids
 from serving.detokenizer import TextStream
 from serving.kv_sizing import num_kv_slots
 from serving.lora.adapter import AdapterError, LoraAdapter, load_adapter
-from serving.lora.pool import AdapterInUseError, AdapterPool
+from serving.lora.pool import ALL_TARGETS, AdapterInUseError, AdapterPool
 from serving.model_runner import MemoryPlan, ModelRunner
 from serving.models import load_config, load_model
 from serving.prefix_cache import NoPrefixCache
@@ -74,7 +74,8 @@ class Engine:
         self.model_config = model_config
         self.adapters: AdapterPool | None = None
         if config.lora_enabled:
-            self.adapters = AdapterPool(model, model_config, config.max_loras, config.max_lora_rank)
+            targets = config.lora_targets or ALL_TARGETS
+            self.adapters = AdapterPool(model, model_config, config.max_loras, config.max_lora_rank, targets)
             for name, path in config.lora_adapters.items():
                 self.adapters.register(name, path)
         lora_bytes = self.adapters.device_bytes if self.adapters is not None else 0

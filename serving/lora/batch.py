@@ -50,12 +50,12 @@ class LoraBatch:
 
     def shrink(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         """``x[T, K] @ a[slot]^T`` -> ``[T, R]`` (zeros for rows without an adapter)."""
-        if self.seg_starts is None:
+        if self.seg_starts is None or self.seg_slots is None:
             return kernels.bgmv_shrink(x, a, self.token_slots)
         return kernels.sgmv_shrink(x, a, self.seg_starts, self.seg_slots, self.max_seg_len)
 
     def expand(self, out: torch.Tensor, t: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """``out += t @ b[slot]^T`` in place (``out`` may be a column slice of a merged output)."""
-        if self.seg_starts is None:
+        if self.seg_starts is None or self.seg_slots is None:
             return kernels.bgmv_expand(out, t, b, self.token_slots)
         return kernels.sgmv_expand(out, t, b, self.seg_starts, self.seg_slots, self.max_seg_len)

@@ -17,9 +17,10 @@ import logging
 from collections import OrderedDict
 from pathlib import Path
 
-import torch
+from serving.lora.adapter import AdapterError, LoraAdapter, load_adapter
+from serving.models.llama import LORA_TARGETS
 
-from serving.lora.adapter import AdapterError, LoraAdapter, load_adapter, projection_shapes
+ALL_TARGETS = tuple(LORA_TARGETS)
 
 logger = logging.getLogger(__name__)
 
@@ -31,15 +32,29 @@ class AdapterInUseError(AdapterError):
 class AdapterPool:
     """Host store of adapters + ``num_slots`` device slots with LRU eviction of idle ones."""
 
-    def __init__(self, model, model_config, num_slots: int, max_rank: int) -> None:
+    def __init__(
+        self, model, model_config, num_slots: int, max_rank: int, targets: tuple[str, ...] = ALL_TARGETS
+    ) -> None:
         if num_slots < 1 or max_rank < 1:
             raise ValueError("an adapter pool needs at least one slot and a positive maximum rank")
+        unknown = sorted(set(targets) - set(LORA_TARGETS))
+        if unknown or not targets:
+            raise ValueError(f"LoRA targets must be among {list(LORA_TARGETS)}; got {list(targets)}")
         self.model = model
         self.model_config = model_config
         self.num_slots = num_slots
         self.max_rank = max_rank
         self.dtype = next(model.parameters()).dtype
-        self.device_bytes = sum(layer.create_lora_slots(num_slots, max_rank) for layer in model.linear_layers())
+        # Only the projections of ``targets`` get device slots (q|k|v is one layer: one of them
+        # is enough to give it slots for all three).
+        self.targets = frozenset(targets)
+        layers = {
+            id(layer): layer
+            for layer_id in range(model_config.num_hidden_layers)
+            for layer, _ in (model.lora_target(layer_id, module) for module in targets)
+        }
+        self._layers = list(layers.values())
+        self.device_bytes = sum(layer.create_lora_slots(num_slots, max_rank) for layer in self._layers)
         self.adapters: dict[str, LoraAdapter] = {}
         self._slot_of: dict[str, int] = {}
         self._users: dict[str, int] = {}
@@ -48,14 +63,6 @@ class AdapterPool:
         self.num_loads = 0
         self.num_evictions = 0
         self._uids = itertools.count(1)
-
-    @staticmethod
-    def slot_bytes(model_config, max_rank: int, dtype: torch.dtype) -> int:
-        """Device bytes of one slot for ``model_config`` (to size the KV budget before building)."""
-        # Each sub-projection has its own rank block of A; B spans the fused output once.
-        per_layer = sum(max_rank * (fan_in + fan_out) for fan_in, fan_out in projection_shapes(model_config).values())
-        element = torch.empty((), dtype=dtype).element_size()
-        return per_layer * model_config.num_hidden_layers * element
 
     # ----- the host store -----------------------------------------------------------------
 
@@ -70,6 +77,12 @@ class AdapterPool:
             raise AdapterError(
                 f"{adapter.path}: rank {adapter.rank} exceeds the engine's maximum LoRA rank {self.max_rank} "
                 "(start it with a larger --max-lora-rank)"
+            )
+        untargeted = sorted({module for _, module in adapter.weights} - self.targets)
+        if untargeted:
+            raise AdapterError(
+                f"{adapter.path}: adapts {untargeted}, but this engine serves LoRA on {sorted(self.targets)} "
+                "only (see --lora-targets)"
             )
         adapter.uid = next(self._uids)
         self.adapters[adapter.name] = adapter
@@ -142,7 +155,7 @@ class AdapterPool:
     def _load(self, name: str, slot: int) -> None:
         """Copy ``name``'s host weights into ``slot`` of every projection (zeros where it has none)."""
         adapter = self.adapters[name]
-        for layer in self.model.linear_layers():
+        for layer in self._layers:
             layer.clear_lora(slot)
         for (layer_id, module), (a, b) in adapter.weights.items():
             target, part = self.model.lora_target(layer_id, module)

@@ -128,7 +128,15 @@ def test_adapter_rank_above_the_pool_maximum_is_refused(base, lora_adapters):
         pool.register("big", lora_adapters["mlp-r16-rslora"])
 
 
-def test_slot_bytes_match_the_allocated_slots(base):
+def test_targets_limit_the_device_slots_and_the_adapters(base, lora_adapters):
     path, config = base
-    pool = AdapterPool(load_model(path, "cpu", torch.float32), config, num_slots=3, max_rank=8)
-    assert pool.device_bytes == 3 * AdapterPool.slot_bytes(config, 8, torch.float32)
+    model = load_model(path, "cpu", torch.float32)
+    pool = AdapterPool(model, config, num_slots=3, max_rank=8, targets=("q_proj", "v_proj"))
+    # Only q|k|v has slots: A [3, 3 * 8, 64] and B [3, 64 + 32 + 32, 8] per layer, fp32.
+    assert pool.device_bytes == 2 * 3 * (3 * 8 * 64 + 128 * 8) * 4
+    assert model.model.layers[0].mlp.down_proj.lora_a is None
+    pool.register("qv", lora_adapters["qv-r4"])
+    with pytest.raises(AdapterError, match=r"adapts \['down_proj', 'gate_proj', 'k_proj', 'o_proj', 'up_proj'\], but"):
+        pool.register("all", lora_adapters["all-r8"])
+    with pytest.raises(ValueError, match="LoRA targets"):
+        AdapterPool(model, config, num_slots=1, max_rank=8, targets=("lm_head",))
