@@ -139,8 +139,16 @@ def test_adapters_register_and_unregister_at_run_time(tiny_checkpoint, lora_adap
         engine.remove_adapter("late")
     while engine.has_work:
         engine.step()
+    first_key = engine.new_sequence(GenerationRequest("k1", [30, 31], params, adapter="late")).extra_key
     engine.remove_adapter("late")
     assert engine.adapter_names() == []
+    # The prefix cache keys on the adapter's registration: a new adapter under the same name
+    # shares no KV computed under the old one, nor with the base model (key None).
+    engine.add_adapter(engine.load_adapter("late", lora_adapters["all-r8"]))
+    second_key = engine.new_sequence(GenerationRequest("k2", [30, 31], params, adapter="late")).extra_key
+    assert first_key is not None and first_key != second_key
+    assert engine.new_sequence(GenerationRequest("k3", [30, 31], params)).extra_key is None
+    engine.remove_adapter("late")
     from serving.engine import RequestError
 
     with pytest.raises(RequestError, match="unknown adapter"):
