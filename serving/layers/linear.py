@@ -170,16 +170,15 @@ class LinearBase(nn.Module):
         with_lora = lora is not None and self.lora_a is not None
         if with_lora and silu_mul_input:
             x, silu_mul_input = kernels.silu_and_mul(x), False  # the adapter needs the activation too
-        bias = self.bias if self.tp_dim != 1 or self.tp_rank == 0 else None
-        reduce = self.tp_dim == 1 and self.tp_size > 1
-        out = kernels.linear(x, self.weight, None if reduce else bias, silu_mul_input)
+        reduce = self.tp_dim == 1 and self.tp_size > 1  # partial sums: the bias goes after the reduce
+        out = kernels.linear(x, self.weight, None if reduce else self.bias, silu_mul_input)
         if with_lora:
             assert lora is not None
             self.add_lora(out, x, lora)
         if reduce:
             dist.all_reduce(out)
-            if bias is not None:
-                out += bias
+            if self.bias is not None:
+                out += self.bias
         return out
 
 
