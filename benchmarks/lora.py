@@ -362,6 +362,7 @@ def main(argv: list[str] | None = None) -> None:
                 max_running=args.max_running, max_batch_tokens=4096, kv_memory_gb=args.kv_memory_gb,
                 detokenize=False, enable_lora=lora, max_loras=args.max_loras, max_lora_rank=max(ranks),
                 lora_targets=TARGETS,
+                prefix_cache=False,  # PEFT has none, and merged runs must not share KV across adapters
             )  # fmt: skip
             return Engine(engine_config, model=model)
 
