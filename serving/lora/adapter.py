@@ -160,7 +160,8 @@ def load_adapter(name: str, path: str | Path, model_config, dtype: torch.dtype) 
                 f"{where}: lora_A {tuple(a.shape)} / lora_B {tuple(b.shape)} do not fit the base model's "
                 f"{module} ({in_features} -> {out_features}); expected ({rank}, {in_features}) / ({out_features}, {rank})"
             )
-        module_path = f"model.layers.{layer}.{'self_attn' if module.endswith(('q_proj', 'k_proj', 'v_proj', 'o_proj')) else 'mlp'}.{module}"
+        block = "self_attn" if module in ("q_proj", "k_proj", "v_proj", "o_proj") else "mlp"
+        module_path = f"model.layers.{layer}.{block}.{module}"  # what PEFT's patterns match
         scaled_b = b.float() * _scaling(config, module_path, rank)
         a, scaled_b = a.to(dtype).contiguous(), scaled_b.to(dtype).contiguous()
         weights[(layer, module)] = (a.pin_memory(), scaled_b.pin_memory()) if pin else (a, scaled_b)
