@@ -8,6 +8,11 @@ Example (the arena demo)::
 
 ``arena-serve calibrate --model DIR --text FILE`` ranks a model's q/k channels for Double
 Sparsity instead (``serving/sparse/calibration.py``).
+
+With LoRA adapters (PEFT directories), requested as ``model="demo-llama-tiny:support"``::
+
+    python -m serving --model demo-llama-tiny=data/demo_models/demo-llama-tiny \
+        --lora support=adapters/support --lora demo-llama-tiny:legal=adapters/legal
 """
 
 from __future__ import annotations
@@ -34,6 +39,31 @@ def parse_model_spec(spec: str) -> tuple[str, str]:
     if not name or not path:
         raise argparse.ArgumentTypeError(f"expected NAME=PATH, got {spec!r}")
     return name, path
+
+
+def parse_lora_spec(spec: str) -> tuple[str | None, str, str]:
+    """``[BASE:]NAME=DIR`` -> (base or None, adapter name, directory)."""
+    target, sep, path = spec.partition("=")
+    base, _, name = target.rpartition(":")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"expected [BASE:]NAME=DIR, got {spec!r}")
+    return base or None, name, path
+
+
+def adapters_by_model(specs: list[tuple[str | None, str, str]], names: list[str]) -> dict[str, dict[str, str]]:
+    """Group ``--lora`` specs by served model (a spec without BASE needs exactly one model)."""
+    grouped: dict[str, dict[str, str]] = {name: {} for name in names}
+    for base, adapter, path in specs:
+        if base is None:
+            if len(names) != 1:
+                raise SystemExit(f"--lora {adapter}={path}: name the base model as BASE:{adapter}=DIR")
+            base = names[0]
+        if base not in grouped:
+            raise SystemExit(f"--lora {base}:{adapter}: no served model named {base!r}")
+        if adapter in grouped[base]:
+            raise SystemExit(f"--lora: adapter {adapter!r} given twice for {base!r}")
+        grouped[base][adapter] = path
+    return grouped
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,6 +94,25 @@ def build_parser() -> argparse.ArgumentParser:
         default="lpm",
         help="lpm: longest cached prefix first, with a fairness bound; fcfs: first come first served",
     )
+    parser.add_argument(
+        "--lora",
+        action="append",
+        type=parse_lora_spec,
+        default=[],
+        metavar="[BASE:]NAME=DIR",
+        help="a PEFT LoRA adapter directory served as BASE:NAME (repeat for several)",
+    )
+    parser.add_argument(
+        "--enable-lora", action="store_true", help="accept adapters at run time (POST /v1/adapters)"
+    )
+    parser.add_argument("--max-loras", type=int, default=4, help="adapters held on the device at once")
+    parser.add_argument("--max-lora-rank", type=int, default=64, help="largest adapter rank accepted")
+    parser.add_argument(
+        "--lora-targets",
+        default=None,
+        help="comma-separated projections that adapters may adapt (default: q_proj,k_proj,v_proj,"
+        "o_proj,gate_proj,up_proj,down_proj); fewer targets, smaller GPU slots",
+    )
     parser.add_argument("--log-level", default="info")
     add_sparse_arguments(parser)
     return parser
@@ -86,6 +135,7 @@ def main(argv: list[str] | None = None) -> None:
     names = [name for name, _ in args.model]
     if len(set(names)) != len(names):
         raise SystemExit(f"model names must be unique: {names}")
+    lora = adapters_by_model(args.lora, names)
     engines = {}
     for name, path in args.model:
         try:
@@ -104,6 +154,11 @@ def main(argv: list[str] | None = None) -> None:
             prefix_cache=not args.no_prefix_cache,
             schedule_policy=args.schedule_policy,
             **sparse,
+            lora_adapters=lora[name],
+            enable_lora=args.enable_lora,
+            max_loras=args.max_loras,
+            max_lora_rank=args.max_lora_rank,
+            lora_targets=tuple(args.lora_targets.split(",")) if args.lora_targets else None,
         )
         try:
             engine = Engine(config)

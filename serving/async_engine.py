@@ -11,14 +11,25 @@ import asyncio
 import logging
 import queue
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from transformers import PreTrainedTokenizerBase
 
 from serving.engine import Engine, RequestError
+from serving.lora.adapter import LoraAdapter
 from serving.sequence import GenerationRequest, RequestOutput, Sequence
 
 logger = logging.getLogger(__name__)
+
+
+def _settle(future: asyncio.Future, result: object, error: Exception | None) -> None:
+    """Complete ``future`` (on its loop) unless its caller already gave up."""
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
 
 
 class AsyncEngine:
@@ -40,6 +51,27 @@ class AsyncEngine:
     @property
     def max_context(self) -> int:
         return self.engine.max_context
+
+    def adapter_names(self) -> list[str]:
+        """The registered LoRA adapters (a snapshot; safe from any thread)."""
+        return self.engine.adapter_names()
+
+    async def register_adapter(self, name: str, path: str) -> LoraAdapter:
+        """Load an adapter off the event loop, then register it in the engine's thread."""
+        adapter = await asyncio.to_thread(self.engine.load_adapter, name, path)
+        await self._call(self.engine.add_adapter, adapter)
+        return adapter
+
+    async def unregister_adapter(self, name: str) -> None:
+        """Unregister an adapter in the engine's thread (KeyError, AdapterInUseError)."""
+        await self._call(self.engine.remove_adapter, name)
+
+    async def _call(self, function: Callable[..., object], *args: object) -> object:
+        """Run ``function(*args)`` between two engine steps, in its thread; return its result."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future = loop.create_future()
+        self._inbox.put(("call", (function, args, loop, future)))
+        return await future
 
     def generate(self, request: GenerationRequest) -> AsyncIterator[RequestOutput]:
         """Validate the request now (raising ``RequestError`` / ``InvalidParamsError``) and
@@ -103,6 +135,14 @@ class AsyncEngine:
                 self._deliver(payload.request_id, error)
         elif kind == "abort":
             self.engine.abort(payload)
+        elif kind == "call":
+            function, args, loop, future = payload
+            try:
+                result = function(*args)
+            except Exception as error:  # noqa: BLE001 - handed back to the caller
+                loop.call_soon_threadsafe(_settle, future, None, error)
+            else:
+                loop.call_soon_threadsafe(_settle, future, result, None)
 
     def _fail_all(self, error: Exception) -> None:
         for request_id in list(self._listeners):

@@ -59,6 +59,7 @@ from typing import TYPE_CHECKING, Protocol
 import torch
 
 from serving import kernels
+from serving.lora.batch import LoraBatch
 from serving.memory import KVPool, ReqToTokenPool
 
 if TYPE_CHECKING:
@@ -102,6 +103,7 @@ class ForwardBatch:
     table_rows: torch.Tensor | None = None  # [W] int64
     table_cols: torch.Tensor | None = None  # [W] int64
     table_slots: torch.Tensor | None = None  # [W] int64
+    lora: LoraBatch | None = None  # adapter slot of each row; None: no adapters in this step
 
 
 class AttentionLayer(Protocol):

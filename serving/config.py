@@ -41,6 +41,18 @@ class EngineConfig:
     h2o: H2OConfig = field(default_factory=H2OConfig)
     prefix_cache: bool = True  # reuse the KV of shared prefixes (serving/radix_cache.py)
     schedule_policy: str = "lpm"  # "lpm": longest cached prefix first (fairness-bounded); "fcfs"
+    # LoRA: adapters registered at start (name -> PEFT directory); more can be added at run time
+    # when enable_lora is set. max_loras adapters sit on the device at once (their memory comes
+    # out of the KV budget), each of rank <= max_lora_rank; the others wait in host memory.
+    lora_adapters: dict[str, str] = field(default_factory=dict)
+    enable_lora: bool = False
+    max_loras: int = 4
+    max_lora_rank: int = 64
+    lora_targets: tuple[str, ...] | None = None  # projections with device slots; None: all seven
+
+    @property
+    def lora_enabled(self) -> bool:
+        return self.enable_lora or bool(self.lora_adapters)
 
     def torch_dtype(self) -> torch.dtype:
         if self.dtype is None:

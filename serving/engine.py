@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from transformers import AutoTokenizer
@@ -16,6 +17,8 @@ from transformers import AutoTokenizer
 from serving.config import EngineConfig, context_limit, eos_token_ids
 from serving.detokenizer import TextStream
 from serving.kv_sizing import num_kv_slots
+from serving.lora.adapter import AdapterError, LoraAdapter, load_adapter
+from serving.lora.pool import ALL_TARGETS, AdapterInUseError, AdapterPool
 from serving.model_runner import MemoryPlan, ModelRunner
 from serving.models import load_config, load_model
 from serving.prefix_cache import NoPrefixCache
@@ -68,11 +71,24 @@ class Engine:
         dtype = config.torch_dtype()
         if model is None:
             model = load_model(config.model_path, config.device, dtype, max_context, model_config)
-        num_slots = num_kv_slots(config, model_config, max_context, dtype)
+        self.model_config = model_config
+        self.adapters: AdapterPool | None = None
+        if config.lora_enabled:
+            targets = config.lora_targets or ALL_TARGETS
+            self.adapters = AdapterPool(model, model_config, config.max_loras, config.max_lora_rank, targets)
+            for name, path in config.lora_adapters.items():
+                self.adapters.register(name, path)
+        lora_bytes = self.adapters.device_bytes if self.adapters is not None else 0
+        num_slots = num_kv_slots(config, model_config, max_context, dtype, lora_bytes)
         self.max_context = min(max_context, num_slots - 1)
         plan = MemoryPlan(num_slots, config.max_running, self.max_context)
         self.runner = ModelRunner(
-            model, plan, config.use_cuda_graphs, config.attention_backend, config.sparse_options()
+            model,
+            plan,
+            config.use_cuda_graphs,
+            config.attention_backend,
+            config.sparse_options(),
+            self.adapters,
         )
         kv_pool = self.runner.kv_pool
         use_cache = config.prefix_cache and self.runner.attention.supports_prefix_cache
@@ -84,6 +100,7 @@ class Engine:
             config.max_batch_tokens,
             prefix_cache,
             config.schedule_policy,
+            adapters=self.adapters,
         )
         self.generation_tokens = 0  # output tokens produced since start (/metrics)
         self.sampler = Sampler()
@@ -123,10 +140,54 @@ class Engine:
         if params.seed is not None:
             generator = torch.Generator(device=self.runner.device).manual_seed(params.seed)
         max_total = min(self.max_context, prompt_len + (params.max_tokens or self.max_context))
-        return Sequence(request, max_total, generator)
+        seq = Sequence(request, max_total, generator)
+        if request.adapter is not None:
+            # KV computed under an adapter is shared only with requests for the same registration.
+            seq.extra_key = (request.extra_key, "lora", request.adapter, self._adapter(request.adapter).uid)
+        return seq
+
+    def _adapter(self, name: str) -> LoraAdapter:
+        if self.adapters is None:
+            raise RequestError(f"adapter {name!r} requested but this engine serves no LoRA adapters")
+        adapter = self.adapters.adapters.get(name)
+        if adapter is None:
+            raise RequestError(f"unknown adapter {name!r}; registered: {self.adapters.names()}")
+        return adapter
+
+    # ----- adapters (register/remove from the thread that drives the engine) ----------------
+
+    def _pool(self) -> AdapterPool:
+        if self.adapters is None:
+            raise AdapterError("this engine was started without LoRA (use --lora or --enable-lora)")
+        return self.adapters
+
+    def load_adapter(self, name: str, path: str | Path) -> LoraAdapter:
+        """Read and validate an adapter without registering it (safe from any thread)."""
+        return load_adapter(name, path, self.model_config, self._pool().dtype)
+
+    def add_adapter(self, adapter: LoraAdapter) -> None:
+        """Register a loaded adapter; requests may name it from now on."""
+        self._pool().add(adapter)
+
+    def remove_adapter(self, name: str) -> None:
+        """Unregister an adapter no live request uses (:class:`AdapterInUseError` otherwise)."""
+        pool = self._pool()
+        if name not in pool:
+            raise KeyError(name)
+        users = [seq for seq in (*self.scheduler.running, *self.scheduler.waiting) if seq.adapter == name]
+        if users:
+            raise AdapterInUseError(f"adapter {name!r} is in use by {len(users)} request(s); retry later")
+        pool.unregister(name)
+
+    def adapter_names(self) -> list[str]:
+        """Registered adapters (a snapshot; safe from any thread)."""
+        return self.adapters.names() if self.adapters is not None else []
 
     def add(self, seq: Sequence) -> None:
-        """Queue a sequence built by :meth:`new_sequence` (its request id must be new)."""
+        """Queue a sequence built by :meth:`new_sequence` (its request id must be new, its
+        adapter still registered)."""
+        if seq.adapter is not None:
+            self._adapter(seq.adapter)
         if seq.request_id in self._streams:
             raise RequestError(f"duplicate request id {seq.request_id!r}")
         self._streams[seq.request_id] = TextStream(

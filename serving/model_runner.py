@@ -1,6 +1,10 @@
 """Runs the model on a scheduled batch: builds the :class:`ForwardBatch`, allocates the KV
 memory and picks the attention backend that alone reads and writes it, and replays CUDA graphs
-for decode batches on the GPU (one graph per batch-size bucket)."""
+for decode batches on the GPU (one graph per batch-size bucket).
+
+With an :class:`~serving.lora.pool.AdapterPool`, a batch also carries its rows' adapter slots
+(:class:`~serving.lora.batch.LoraBatch`); decode graphs keep them in a row of their static
+input buffer, so batches mixing adapters (and the base model) replay the same graphs."""
 
 from __future__ import annotations
 
@@ -10,6 +14,8 @@ from dataclasses import dataclass
 import torch
 
 from serving.attention import ForwardBatch, ForwardMode, make_attention_backend
+from serving.lora.batch import NO_ADAPTER, LoraBatch
+from serving.lora.pool import AdapterPool
 from serving.memory import PADDING_SLOT, KVPool, ReqToTokenPool
 from serving.models import LlamaForCausalLM
 from serving.models.llama import head_dim_of
@@ -37,10 +43,12 @@ class ModelRunner:
         use_cuda_graphs: bool,
         attention_backend: str = "dense",
         backend_options: object = None,
+        adapters: AdapterPool | None = None,
     ) -> None:
         config = model.config
         param = next(model.parameters())
         self.model = model
+        self.adapters = adapters
         self.device = param.device
         self.kv_pool = KVPool(
             config.num_hidden_layers,
@@ -130,7 +138,12 @@ class ModelRunner:
         sizes = [len(values) for values in fields] + [batch.out_cache_loc.numel()]
         parts = packed.to(self.device, non_blocking=False).split(sizes)
         ids, pos, rows, lens, extend_lens, starts, logits_rows, t_rows, t_cols, t_slots, slots = parts
+        lora = None
+        lora_slots = [seq.lora_slot for seq in batch.sequences]
+        if self.adapters is not None and any(slot != NO_ADAPTER for slot in lora_slots):
+            lora = LoraBatch.build(lora_slots, batch.num_new_tokens, self.device)
         return ForwardBatch(
+            lora=lora,
             mode=ForwardMode.EXTEND if extend else ForwardMode.DECODE,
             input_ids=ids,
             positions=pos,
@@ -167,14 +180,18 @@ class DecodeGraphs:
     """
 
     # Rows of the static input buffer. Padding entries hold token 0, position 0, slot 0 (the
-    # padding slot), the runner's padding request row and length 1.
+    # padding slot), the runner's padding request row, length 1 and no adapter; the LoRA row
+    # (each entry's adapter slot) exists when the runner has adapters.
     FIELDS = ("input_ids", "positions", "out_cache_loc", "req_pool_indices", "seq_lens")
+    LORA_ROW = len(FIELDS)
 
     def __init__(self, runner: ModelRunner, max_batch: int) -> None:
         self.runner = runner
         self.buckets = graph_buckets(max_batch)
+        self.with_lora = runner.adapters is not None
         size, device = self.buckets[-1], runner.device
-        padding = torch.tensor([0, 0, PADDING_SLOT, runner.padding_row, 1], dtype=torch.int64)
+        padding_values = [0, 0, PADDING_SLOT, runner.padding_row, 1] + ([NO_ADAPTER] if self.with_lora else [])
+        padding = torch.tensor(padding_values, dtype=torch.int64)
         self.host_inputs = padding[:, None].repeat(1, size).pin_memory()
         self.host_view = self.host_inputs.numpy()
         self.padding_column = padding.numpy()[:, None]
@@ -191,6 +208,7 @@ class DecodeGraphs:
         fields = {name: self.inputs[row, :size] for row, name in enumerate(self.FIELDS)}
         return ForwardBatch(
             mode=ForwardMode.DECODE,
+            lora=LoraBatch(self.inputs[self.LORA_ROW, :size]) if self.with_lora else None,
             extend_lens=self.ones[:size],
             q_start=self.arange[:size],
             logits_indices=self.arange[:size],
@@ -232,6 +250,8 @@ class DecodeGraphs:
         view[2, :count] = batch.out_cache_loc.numpy()
         view[3, :count] = [seq.req_pool_idx for seq in sequences]
         view[4, :count] = [len(seq.kv_slots) for seq in sequences]
+        if self.with_lora:
+            view[self.LORA_ROW, :count] = [seq.lora_slot for seq in sequences]
         view[:, count:size] = self.padding_column
         self.runner.attention.prepare_replay(batch, size)
         self.inputs.copy_(self.host_inputs, non_blocking=True)

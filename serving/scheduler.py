@@ -9,7 +9,10 @@ Every step the scheduler builds one batch under a token budget:
    goes back to the front of the queue. The pool can therefore never overflow.
 2. Waiting sequences, first come first served, while budget, request rows and free slots last.
    Each starts past its longest cached prefix (``PrefixCache.match_prefix``); a prompt larger
-   than the remaining budget is prefilled in chunks over several steps.
+   than the remaining budget is prefilled in chunks over several steps. A sequence for a LoRA
+   adapter also needs its adapter in a device slot (paged in on demand by the
+   :class:`~serving.lora.pool.AdapterPool`); when no slot can be freed it waits (and
+   others behind it may start).
 
 The scheduler decides *which* tokens are computed and keeps each sequence's slot ids on the
 host (``Sequence.kv_slots``). Slots for all new tokens of a step are popped from the pool at
@@ -26,6 +29,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from serving.lora.pool import AdapterPool
 from serving.memory import KVPool, ReqToTokenPool
 from serving.prefix_cache import EMPTY_MATCH, NoPrefixCache, PrefixCache, PrefixMatch
 from serving.radix_cache import RadixCache
@@ -97,10 +101,12 @@ class Scheduler:
         max_batch_tokens: int,
         prefix_cache: PrefixCache | None = None,
         policy: str = "lpm",
+        adapters: AdapterPool | None = None,
     ) -> None:
         if policy not in SCHEDULE_POLICIES:
             raise ValueError(f"schedule policy must be one of {SCHEDULE_POLICIES}, got {policy!r}")
         self.kv_pool = kv_pool
+        self.adapters = adapters
         self.req_pool = req_pool
         self.prefix_cache: PrefixCache = prefix_cache if prefix_cache is not None else NoPrefixCache(kv_pool)
         self._caching = not isinstance(self.prefix_cache, NoPrefixCache)
@@ -212,6 +218,9 @@ class Scheduler:
             if count > self._free_slots():
                 self.prefix_cache.release(match)
                 break
+            if not self._page_in_adapter(seq):  # every adapter slot is busy: it waits, others may go
+                self.prefix_cache.release(match)
+                continue
             self.waiting.remove(seq)
             self._start(seq, match)
             chosen.append((seq, count))
@@ -261,6 +270,18 @@ class Scheduler:
             self.stats.cached_tokens += match.length
         self.running.append(seq)
 
+    def _page_in_adapter(self, seq: Sequence) -> bool:
+        """Give ``seq`` its adapter's device slot; False when every slot is busy (it waits)."""
+        if seq.adapter is None or seq.lora_slot >= 0:
+            return True
+        if self.adapters is None:
+            raise RuntimeError(f"{seq.request_id} asks for adapter {seq.adapter!r} but LoRA is off")
+        slot = self.adapters.acquire(seq.adapter)
+        if slot is None:
+            return False
+        seq.lora_slot = slot
+        return True
+
     def _free_slots(self) -> int:
         """Slots this step can still promise: free ones and unlocked cached ones."""
         return self.kv_pool.num_free + self.prefix_cache.evictable_size() - self._reserved
@@ -299,6 +320,9 @@ class Scheduler:
             seq.req_pool_idx = None
         seq.num_computed, seq.kv_slots, seq.prefix, seq.table_len = 0, [], EMPTY_MATCH, 0
         seq.scores.clear()  # a scoring sequence rescored from scratch when readmitted
+        if seq.lora_slot >= 0 and self.adapters is not None and seq.adapter is not None:
+            self.adapters.release(seq.adapter)
+            seq.lora_slot = -1
         if seq in self.running:
             self.running.remove(seq)
 

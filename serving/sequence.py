@@ -32,6 +32,7 @@ class GenerationRequest:
     # Scoring instead of generating: report the log-probability of each prompt token from this
     # index on, given the tokens before it (constrained ``choices`` use it); nothing is sampled.
     score_from: int | None = None
+    adapter: str | None = None  # a registered LoRA adapter of the engine's model; None: the base
 
 
 @dataclass
@@ -74,6 +75,8 @@ class Sequence:
         self.extra_key = request.extra_key
         self.score_from = request.score_from
         self.scores: list[float] = []  # a scoring sequence's prompt logprobs so far
+        self.adapter = request.adapter
+        self.lora_slot = -1  # the adapter's device slot while running (-1: none, or not paged in)
         self.token_ids = list(request.prompt_token_ids)
         self.num_prompt_tokens = len(request.prompt_token_ids)
         self.max_total_tokens = max_total_tokens  # prompt + max_tokens, capped by the context

@@ -1,9 +1,11 @@
 """OpenAI-compatible HTTP API over one or more :class:`~serving.engine.AsyncEngine` s.
 
 Routes: ``/v1/chat/completions``, ``/v1/completions`` (both with SSE streaming, usage, ``n``
-choices and the ``choices`` constraint of :mod:`serving.choices`), ``/v1/models``, ``/health``
-and ``/metrics`` (Prometheus text format, per model). Errors use OpenAI's shape ``{"error": {"message", "type",
-"param", "code"}}`` with a 4xx status; a failed request never stops the server. When the client
+choices and the ``choices`` constraint of :mod:`serving.choices`), ``/v1/models``, ``/health``,
+``/metrics`` (Prometheus text format, per model), and for LoRA adapters ``POST /v1/adapters``
+and ``DELETE /v1/adapters/{name}``; a request names an adapter as ``base:adapter`` in
+``model``, and ``/v1/models`` lists those names next to the base models. Errors use OpenAI's
+shape ``{"error": {"message", "type", "param", "code"}}`` with a 4xx status; a failed request never stops the server. When the client
 disconnects, its request is aborted in the engine (streaming or not).
 
 This is the only module of ``serving`` that imports FastAPI.
@@ -28,6 +30,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from serving.async_engine import AsyncEngine
 from serving.choices import ChoiceError, best_choice, scoring_requests, tokenize_choices
 from serving.engine import RequestError
+from serving.lora.adapter import AdapterError
+from serving.lora.pool import AdapterInUseError
 from serving.sampling import InvalidParamsError, SamplingParams, TokenLogprobs
 from serving.sequence import GenerationRequest, RequestOutput
 
@@ -51,6 +55,17 @@ class OpenAIError(Exception):
 
 
 # ----- request bodies ---------------------------------------------------------------------
+
+
+class AdapterRequest(BaseModel):
+    """``POST /v1/adapters``: register the PEFT adapter directory ``path`` as ``name``
+    on base model ``base`` (optional when one model is served)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    path: str
+    base: str | None = None
 
 
 class _SamplingFields(BaseModel):
@@ -312,26 +327,51 @@ def create_app(engines: dict[str, AsyncEngine]) -> FastAPI:
 
     @app.get("/v1/models")
     async def list_models() -> dict:
-        data = [
-            {
+        data = []
+        for name, engine in sorted(engines.items()):
+            card = {
                 "id": name,
                 "object": "model",
                 "created": app.state.created,
                 "owned_by": "arena-serving",
                 "max_model_len": engine.max_context,
             }
-            for name, engine in sorted(engines.items())
-        ]
+            data.append(card)
+            data.extend(card | {"id": f"{name}:{adapter}", "parent": name} for adapter in engine.adapter_names())
         return {"object": "list", "data": data}
+
+    @app.post("/v1/adapters", status_code=201)
+    async def register_adapter(http_request: Request) -> dict:
+        body = await _parse(http_request, AdapterRequest)
+        base = _base_name(engines, body.base)
+        try:
+            adapter = await engines[base].register_adapter(body.name, body.path)
+        except AdapterError as error:
+            raise OpenAIError(400, str(error), code="invalid_adapter", param="path") from None
+        return {"id": f"{base}:{adapter.name}", "object": "model", "parent": base, "rank": adapter.rank}
+
+    @app.delete("/v1/adapters/{name}")
+    async def unregister_adapter(name: str, base: str | None = None) -> dict:
+        base_name, _, adapter = name.rpartition(":") if ":" in name else (base, "", name)
+        base_name = _base_name(engines, base_name)
+        try:
+            await engines[base_name].unregister_adapter(adapter)
+        except KeyError:
+            raise OpenAIError(404, f"no adapter {adapter!r} on model {base_name!r}", code="model_not_found") from None
+        except AdapterInUseError as error:
+            raise OpenAIError(409, str(error), code="adapter_in_use") from None
+        except AdapterError as error:
+            raise OpenAIError(400, str(error), code="invalid_adapter") from None
+        return {"id": f"{base_name}:{adapter}", "object": "model", "deleted": True}
 
     @app.post("/v1/chat/completions")
     async def chat_completions(http_request: Request):
         body = await _parse(http_request, ChatCompletionRequest)
-        engine = _engine(engines, body.model)
+        engine, adapter = _engine(engines, body.model)
         prompt_ids = _chat_prompt(engine, body.messages)
         logprobs = (body.top_logprobs or 0) if body.logprobs else None
         params = body.sampling_params(body.max_completion_tokens or body.max_tokens, logprobs)
-        request = GenerationRequest(f"chatcmpl-{uuid.uuid4().hex}", prompt_ids, params)
+        request = GenerationRequest(f"chatcmpl-{uuid.uuid4().hex}", prompt_ids, params, adapter=adapter)
         streams = _start(engine, request, body)
         if body.stream:
             return StreamingResponse(
@@ -352,10 +392,10 @@ def create_app(engines: dict[str, AsyncEngine]) -> FastAPI:
     @app.post("/v1/completions")
     async def completions(http_request: Request):
         body = await _parse(http_request, CompletionRequest)
-        engine = _engine(engines, body.model)
+        engine, adapter = _engine(engines, body.model)
         prompt_ids = _completion_prompt(engine, body.prompt)
         params = body.sampling_params(body.max_tokens or 16, body.logprobs)
-        request = GenerationRequest(f"cmpl-{uuid.uuid4().hex}", prompt_ids, params)
+        request = GenerationRequest(f"cmpl-{uuid.uuid4().hex}", prompt_ids, params, adapter=adapter)
         streams = _start(engine, request, body)
         prefix = str(engine.tokenizer.decode(prompt_ids)) if body.echo else ""
         if body.stream:
@@ -402,15 +442,30 @@ async def _parse(http_request: Request, schema: type[BaseModel]):
         raise OpenAIError(400, f"invalid request: {param}: {first['msg']}", param=param) from None
 
 
-def _engine(engines: dict[str, AsyncEngine], model: str) -> AsyncEngine:
-    if model not in engines:
+def _engine(engines: dict[str, AsyncEngine], model: str) -> tuple[AsyncEngine, str | None]:
+    """The engine and adapter that ``model`` names: ``base`` or ``base:adapter``."""
+    base, _, adapter = model.rpartition(":") if model not in engines else (model, "", "")
+    engine = engines.get(base)
+    if engine is None or (adapter and adapter not in engine.adapter_names()):
+        available = [m for name, e in sorted(engines.items()) for m in (name, *(f"{name}:{a}" for a in e.adapter_names()))]
         raise OpenAIError(
             404,
-            f"The model `{model}` does not exist. Available models: {', '.join(sorted(engines))}",
+            f"The model `{model}` does not exist. Available models: {', '.join(available)}",
             code="model_not_found",
             param="model",
         )
-    return engines[model]
+    return engine, adapter or None
+
+
+def _base_name(engines: dict[str, AsyncEngine], base: str | None) -> str:
+    """The served model an adapter route is about (the only one when ``base`` is omitted)."""
+    if base is None:
+        if len(engines) != 1:
+            raise OpenAIError(400, f"name the base model: one of {', '.join(sorted(engines))}", param="base")
+        return next(iter(engines))
+    if base not in engines:
+        raise OpenAIError(404, f"The model `{base}` does not exist", code="model_not_found", param="base")
+    return base
 
 
 def _chat_prompt(engine: AsyncEngine, messages: list[ChatMessage]) -> list[int]:
@@ -474,6 +529,7 @@ def _siblings(request: GenerationRequest, n: int) -> list[GenerationRequest]:
             request.prompt_token_ids,
             replace(params, seed=None if params.seed is None else params.seed + index),
             request.extra_key,
+            adapter=request.adapter,
         )
         for index in range(n)
     ]
@@ -485,6 +541,8 @@ def _choose(
     """Score every choice (validated now) and stream the best one as a single final output."""
     choice_ids = tokenize_choices(engine.tokenizer, choices)
     scoring = scoring_requests(request.request_id, request.prompt_token_ids, choice_ids, request.extra_key)
+    for scored in scoring:
+        scored.adapter = request.adapter
     streams = [engine.generate(r) for r in scoring]
     return _chosen(request, choices, choice_ids, streams)
 

@@ -9,7 +9,7 @@ Every op comes in three names with one signature:
 
 Triton is imported only when a Triton kernel is first called, so the CPU engine never needs
 it. The kernel modules (``paged_decode``, ``paged_extend``, ``elementwise``, ``gemv``,
-``sparse_decode``) are named
+``sparse_decode``, ``lora_kernels``) are named
 unlike the ops on purpose: importing a submodule sets it as an attribute of this package,
 which would otherwise replace the dispatch function of the same name.
 """
@@ -21,6 +21,12 @@ import os
 import torch
 import torch.nn.functional as F
 
+from serving.kernels.lora_reference import (
+    bgmv_expand_ref,
+    bgmv_shrink_ref,
+    sgmv_expand_ref,
+    sgmv_shrink_ref,
+)
 from serving.kernels.reference import (
     apply_rotary_ref,
     decode_attention_ref,
@@ -44,6 +50,18 @@ from serving.kernels.sparse_reference import (
 
 __all__ = [
     "apply_rotary_ref",
+    "bgmv_expand",
+    "bgmv_expand_ref",
+    "bgmv_expand_triton",
+    "bgmv_shrink",
+    "bgmv_shrink_ref",
+    "bgmv_shrink_triton",
+    "sgmv_expand",
+    "sgmv_expand_ref",
+    "sgmv_expand_triton",
+    "sgmv_shrink",
+    "sgmv_shrink_ref",
+    "sgmv_shrink_triton",
     "decode_attention",
     "decode_attention_ref",
     "decode_attention_triton",
@@ -375,3 +393,67 @@ def h2o_decode_attention(
     """Decode attention, ``mass[slot] +=`` attention received; see ``h2o_decode_attention_ref``."""
     op = h2o_decode_attention_triton if kernel_backend(q) == "triton" else h2o_decode_attention_ref
     return op(q, k_cache, v_cache, req_to_token, req_pool_indices, seq_lens, scale, mass)
+
+
+# --- Batched LoRA products (multi-adapter batches; see lora_reference.py) -----------------
+
+
+def sgmv_shrink_triton(x, a, seg_starts, seg_slots, max_seg_len: int) -> torch.Tensor:
+    """Segment-tiled ``x @ a[slot]^T``; see ``sgmv_shrink_ref``."""
+    from serving.kernels.lora_kernels import sgmv_shrink_triton as kernel
+
+    return kernel(x, a, seg_starts, seg_slots, max_seg_len)
+
+
+def sgmv_expand_triton(out, t, b, seg_starts, seg_slots, max_seg_len: int) -> torch.Tensor:
+    """Segment-tiled ``out += t @ b[slot]^T``; see ``sgmv_expand_ref``."""
+    from serving.kernels.lora_kernels import sgmv_expand_triton as kernel
+
+    return kernel(out, t, b, seg_starts, seg_slots, max_seg_len)
+
+
+def bgmv_shrink_triton(x, a, token_slots) -> torch.Tensor:
+    """Per-row ``x @ a[slot]^T``; see ``bgmv_shrink_ref``."""
+    from serving.kernels.lora_kernels import bgmv_shrink_triton as kernel
+
+    return kernel(x, a, token_slots)
+
+
+def bgmv_expand_triton(out, t, b, token_slots) -> torch.Tensor:
+    """Per-row ``out += t @ b[slot]^T``; see ``bgmv_expand_ref``."""
+    from serving.kernels.lora_kernels import bgmv_expand_triton as kernel
+
+    return kernel(out, t, b, token_slots)
+
+
+def sgmv_shrink(
+    x: torch.Tensor, a: torch.Tensor, seg_starts: torch.Tensor, seg_slots: torch.Tensor, max_seg_len: int
+) -> torch.Tensor:
+    """LoRA down-projection of request segments, ``[T, K]`` -> ``[T, R]``."""
+    op = sgmv_shrink_triton if kernel_backend(x) == "triton" else sgmv_shrink_ref
+    return op(x, a, seg_starts, seg_slots, max_seg_len)
+
+
+def sgmv_expand(
+    out: torch.Tensor,
+    t: torch.Tensor,
+    b: torch.Tensor,
+    seg_starts: torch.Tensor,
+    seg_slots: torch.Tensor,
+    max_seg_len: int,
+) -> torch.Tensor:
+    """LoRA up-projection of request segments added into ``out`` (in place)."""
+    op = sgmv_expand_triton if kernel_backend(t) == "triton" else sgmv_expand_ref
+    return op(out, t, b, seg_starts, seg_slots, max_seg_len)
+
+
+def bgmv_shrink(x: torch.Tensor, a: torch.Tensor, token_slots: torch.Tensor) -> torch.Tensor:
+    """LoRA down-projection with one adapter slot per row, ``[T, K]`` -> ``[T, R]``."""
+    op = bgmv_shrink_triton if kernel_backend(x) == "triton" else bgmv_shrink_ref
+    return op(x, a, token_slots)
+
+
+def bgmv_expand(out: torch.Tensor, t: torch.Tensor, b: torch.Tensor, token_slots: torch.Tensor) -> torch.Tensor:
+    """LoRA up-projection with one adapter slot per row added into ``out`` (in place)."""
+    op = bgmv_expand_triton if kernel_backend(t) == "triton" else bgmv_expand_ref
+    return op(out, t, b, token_slots)

@@ -2,7 +2,8 @@
 
 ``load_model(path, device, dtype)`` reads ``config.json`` with transformers, picks our module
 class from the config's ``architectures``, builds it without initialising memory, and copies the
-safetensors weights in by name (fused q|k|v and gate|up filled from their HF parts).
+safetensors weights in by name (fused q|k|v and gate|up filled from their HF parts by the
+parameters' own weight loaders).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 from safetensors import safe_open
 from transformers import AutoConfig, PretrainedConfig
 
+from serving.layers.linear import LinearBase, ShardError
 from serving.models.llama import LlamaForCausalLM
 from serving.models.qwen import Qwen2ForCausalLM, Qwen3ForCausalLM
 
@@ -121,22 +123,24 @@ def load_named_tensors(
 def _copy_tensor(
     model, params: dict[str, torch.nn.Parameter], name: str, tensor: torch.Tensor, source: str
 ) -> str:
-    """Copy one checkpoint tensor into its parameter; return the parameter name it filled."""
-    target = model.fused_param_target(name)
-    if target is not None:
-        fused_name, rows = target
-        destination = params[fused_name].data[rows]
-        param_name = fused_name
-    elif name in params:
-        destination = params[name].data
-        param_name = name
-    else:
+    """Copy one checkpoint tensor into its parameter (through its layer's ``weight_loader``
+    for projections: fused and sharded); return the parameter name it filled."""
+    param_name, shard_id = model.checkpoint_target(name)
+    if param_name not in params:
         raise CheckpointError(f"{source}: unexpected weight {name!r} for {type(model).__name__}")
-    if destination.shape != tensor.shape:
+    param = params[param_name]
+    owner = model.get_submodule(param_name.rpartition(".")[0])
+    if isinstance(owner, LinearBase):
+        try:
+            owner.weight_loader(param, tensor, shard_id)
+        except ShardError as error:
+            raise CheckpointError(f"{source}: {name}: {error}") from error
+        return param_name
+    if param.shape != tensor.shape:
         raise CheckpointError(
-            f"{source}: {name} has shape {tuple(tensor.shape)}, expected {tuple(destination.shape)}"
+            f"{source}: {name} has shape {tuple(tensor.shape)}, expected {tuple(param.shape)}"
         )
-    destination.copy_(tensor)
+    param.data.copy_(tensor)
     return param_name
 
 

@@ -3,6 +3,9 @@
 Parameter names follow Hugging Face checkpoints (``model.layers.N.self_attn.o_proj.weight``)
 except for two fused projections, loaded from their HF parts by :data:`STACKED_PARAMS`:
 ``qkv_proj`` = q|k|v and ``gate_up_proj`` = gate|up (one matmul instead of three / two).
+Projections are :mod:`serving.layers.linear` layers: each parameter loads itself from its HF
+part (``weight_loader``), and each takes the step's LoRA slots (``batch.lora``), so PEFT
+adapters on any of q/k/v/o/gate/up/down (:data:`LORA_TARGETS`) apply per request.
 The config is the transformers config object read from ``config.json``.
 """
 
@@ -13,9 +16,15 @@ from torch import nn
 
 from serving import kernels
 from serving.attention import AttentionBackend, ForwardBatch
+from serving.layers.linear import (
+    LinearBase,
+    MergedColumnParallelLinear,
+    QKVParallelLinear,
+    RowParallelLinear,
+)
 from serving.models.rope import build_cos_sin_cache
 
-# (fused parameter, HF checkpoint part, shard id); shard ids index _shard_slices.
+# (fused parameter, HF checkpoint part, shard id): the part names of the layers' weight_loader.
 STACKED_PARAMS = (
     ("qkv_proj", "q_proj", "q"),
     ("qkv_proj", "k_proj", "k"),
@@ -23,6 +32,17 @@ STACKED_PARAMS = (
     ("gate_up_proj", "gate_proj", 0),
     ("gate_up_proj", "up_proj", 1),
 )
+
+# PEFT target module name -> (our projection under a decoder layer, its part of that projection).
+LORA_TARGETS: dict[str, tuple[str, str | int | None]] = {
+    "q_proj": ("self_attn.qkv_proj", "q"),
+    "k_proj": ("self_attn.qkv_proj", "k"),
+    "v_proj": ("self_attn.qkv_proj", "v"),
+    "o_proj": ("self_attn.o_proj", None),
+    "gate_proj": ("mlp.gate_up_proj", 0),
+    "up_proj": ("mlp.gate_up_proj", 1),
+    "down_proj": ("mlp.down_proj", None),
+}
 
 
 def head_dim_of(config) -> int:
@@ -52,13 +72,13 @@ class LlamaMLP(nn.Module):
     def __init__(self, config) -> None:
         super().__init__()
         bias = getattr(config, "mlp_bias", False)
-        self.intermediate_size = config.intermediate_size
-        self.gate_up_proj = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=bias)
-        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=bias)
+        size = config.intermediate_size
+        self.gate_up_proj = MergedColumnParallelLinear(config.hidden_size, [size, size], bias=bias)
+        self.down_proj = RowParallelLinear(size, config.hidden_size, bias=bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate_up = kernels.linear(x, self.gate_up_proj.weight, self.gate_up_proj.bias)
-        return kernels.linear(gate_up, self.down_proj.weight, self.down_proj.bias, silu_mul_input=True)
+    def forward(self, x: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
+        gate_up = self.gate_up_proj(x, batch.lora)
+        return self.down_proj(gate_up, batch.lora, silu_mul_input=True)
 
 
 class LlamaAttention(nn.Module):
@@ -78,10 +98,10 @@ class LlamaAttention(nn.Module):
         self.scale = self.head_dim**-0.5
         self.q_size = self.num_heads * self.head_dim
         self.kv_size = self.num_kv_heads * self.head_dim
-        self.qkv_proj = nn.Linear(
-            config.hidden_size, self.q_size + 2 * self.kv_size, bias=self.qkv_bias(config)
+        self.qkv_proj = QKVParallelLinear(
+            config.hidden_size, self.head_dim, self.num_heads, self.num_kv_heads, bias=self.qkv_bias(config)
         )
-        self.o_proj = nn.Linear(self.q_size, config.hidden_size, bias=self.o_proj_bias(config))
+        self.o_proj = RowParallelLinear(self.q_size, config.hidden_size, bias=self.o_proj_bias(config))
 
     def qkv_bias(self, config) -> bool:
         """Whether q/k/v projections have biases (Llama: ``attention_bias``; Qwen2: always)."""
@@ -91,12 +111,6 @@ class LlamaAttention(nn.Module):
         """Llama's ``attention_bias`` covers o_proj too; Qwen2 overrides (bias on q/k/v only)."""
         return bool(getattr(config, "attention_bias", False))
 
-    def shard_slice(self, shard_id: str) -> slice:
-        """Rows of ``qkv_proj`` that the HF ``q_proj`` / ``k_proj`` / ``v_proj`` fill."""
-        starts = {"q": 0, "k": self.q_size, "v": self.q_size + self.kv_size}
-        size = self.q_size if shard_id == "q" else self.kv_size
-        return slice(starts[shard_id], starts[shard_id] + size)
-
     def qk_norm(self) -> tuple[torch.Tensor | None, torch.Tensor | None, float]:
         """Per-head q/k RMSNorm weights and eps (Qwen3), applied before rotary; Llama has none."""
         return None, None, 0.0
@@ -104,13 +118,13 @@ class LlamaAttention(nn.Module):
     def forward(self, hidden: torch.Tensor, batch: ForwardBatch, attention: AttentionBackend) -> torch.Tensor:
         """Project q/k/v, let the backend apply rotary, store K/V and attend, project the output."""
         num_tokens = hidden.shape[0]
-        qkv = kernels.linear(hidden, self.qkv_proj.weight, self.qkv_proj.bias)
+        qkv = self.qkv_proj(hidden, batch.lora)
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q = q.reshape(num_tokens, self.num_heads, self.head_dim)
         k = k.reshape(num_tokens, self.num_kv_heads, self.head_dim)
         v = v.reshape(num_tokens, self.num_kv_heads, self.head_dim)
         out = attention.forward(self, q, k, v, batch)
-        return kernels.linear(out.reshape(num_tokens, self.q_size), self.o_proj.weight, self.o_proj.bias)
+        return self.o_proj(out.reshape(num_tokens, self.q_size), batch.lora)
 
 
 class LlamaDecoderLayer(nn.Module):
@@ -133,7 +147,7 @@ class LlamaDecoderLayer(nn.Module):
             hidden, residual = self.input_layernorm(hidden, residual)
         hidden = self.self_attn(hidden, batch, attention)
         hidden, residual = self.post_attention_layernorm(hidden, residual)
-        return self.mlp(hidden), residual
+        return self.mlp(hidden, batch), residual
 
 
 class LlamaModel(nn.Module):
@@ -183,15 +197,22 @@ class LlamaForCausalLM(nn.Module):
         hidden = self.model(batch, attention)
         return kernels.linear(hidden[batch.logits_indices], self.lm_head.weight).float()
 
-    def fused_param_target(self, hf_name: str) -> tuple[str, slice] | None:
-        """Map a checkpoint name like ``...self_attn.k_proj.weight`` to (fused param name, rows)."""
+    def checkpoint_target(self, hf_name: str) -> tuple[str, str | int | None]:
+        """Map a checkpoint name like ``...self_attn.k_proj.weight`` to (our param name, part)."""
         for fused, part, shard in self.stacked_params:
-            if f".{part}." not in hf_name:
-                continue
-            fused_name = hf_name.replace(f".{part}.", f".{fused}.")
-            module = self.get_submodule(fused_name.rsplit(".", 2)[0])
-            if isinstance(shard, str):
-                return fused_name, module.shard_slice(shard)
-            size = module.intermediate_size
-            return fused_name, slice(shard * size, (shard + 1) * size)
-        return None
+            if f".{part}." in hf_name:
+                return hf_name.replace(f".{part}.", f".{fused}."), shard
+        return hf_name, None
+
+    def lora_target(self, layer_id: int, module: str) -> tuple[LinearBase, str | int | None]:
+        """The projection (and its part) that a PEFT adapter's ``layers.N.<module>`` adapts."""
+        if module not in LORA_TARGETS:
+            raise KeyError(module)
+        path, part = LORA_TARGETS[module]
+        layer = self.get_submodule(f"model.layers.{layer_id}.{path}")
+        assert isinstance(layer, LinearBase)
+        return layer, part
+
+    def linear_layers(self) -> list[LinearBase]:
+        """Every adapter-aware projection of the model, in module order."""
+        return [m for m in self.modules() if isinstance(m, LinearBase)]

@@ -85,3 +85,12 @@ def tiny_checkpoint(demo_models_dir: Path, tmp_path_factory: pytest.TempPathFact
         return built[family]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def lora_adapters(tiny_checkpoint, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Random PEFT adapters (several ranks and targets) of ``tiny_checkpoint("llama")``."""
+    pytest.importorskip("peft")
+    from tests.serving.lora_fixtures import write_adapters
+
+    return write_adapters(tiny_checkpoint("llama"), tmp_path_factory.mktemp("adapters"))

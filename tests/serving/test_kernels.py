@@ -74,7 +74,7 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor) -> None:
 def test_kernel_submodules_do_not_shadow_the_ops() -> None:
     """Importing a kernel module sets it as a package attribute: names must not collide."""
     pytest.importorskip("triton")
-    for module in ("paged_decode", "paged_extend", "elementwise", "gemv"):
+    for module in ("paged_decode", "paged_extend", "elementwise", "gemv", "lora_kernels"):
         importlib.import_module(f"serving.kernels.{module}")
     for name in kernels.__all__:
         if name.isupper():  # a constant

@@ -1,0 +1,1 @@
+"""Building blocks of the model files that know about adapters and tensor-parallel shards."""
