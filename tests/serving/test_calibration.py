@@ -40,9 +40,9 @@ def test_ranking_puts_a_dominant_channel_first(tiny_checkpoint) -> None:
     model = load_model(path, "cpu", torch.float32, max_positions=128)
     attention = model.model.layers[1].self_attn
     head_dim = attention.head_dim
-    k_rows = attention.shard_slice("k")
+    k_start = attention.q_size  # the fused projection's rows are q | k | v
     with torch.no_grad():  # KV head 1, channel 3
-        attention.qkv_proj.weight[k_rows.start + head_dim + 3] *= 50
+        attention.qkv_proj.weight[k_start + head_dim + 3] *= 50
     ranking = rank_channels(model, list(range(3, 200)), window=64)
     assert ranking.shape == (2, 2, head_dim) and ranking.num_tokens == 197
     assert ranking.ranking[1, 1, 0] == 3
