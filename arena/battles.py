@@ -36,6 +36,7 @@ from arena.db.models import (
     VoteChoice,
 )
 from arena.moderation import Moderator
+from arena.prompt_limits import PromptLimits
 from arena.providers.client import ChatClient, ChatResult, ProviderError
 from arena.providers.registry import ModelRegistry, ModelSpec
 
@@ -186,6 +187,7 @@ class ArenaService:
         self.registry = registry
         self.moderator = moderator
         self.settings = settings
+        self.prompt_limits = PromptLimits(settings.max_prompt_chars, registry)
         self.sampler = sampler or make_pair_sampler(settings.sampling_policy, sessions)
         self._client_factory = client_factory or (
             lambda spec: ChatClient.for_model(
@@ -317,6 +319,8 @@ class ArenaService:
             battle = self._owned_battle(session, battle_id, visitor_id)
             if battle.turn_count >= self.settings.max_turns:
                 raise ConflictError(f"this battle reached {self.settings.max_turns} turns; vote or start a new round")
+            for conversation in self._conversations(session, battle_id):
+                self._check_context(conversation, prompt)
             self._check_rate_limit(session, visitor_id)
         await self._moderate(prompt, visitor_id, battle_id=battle_id)
         with self.sessions.begin() as session:
@@ -451,6 +455,7 @@ class ArenaService:
                 raise NotFoundError("no such chat")
             if conversation.visitor_id != visitor_id:
                 raise ForbiddenError("this chat belongs to another visitor")
+            self._check_context(conversation, prompt)
             self._check_rate_limit(session, visitor_id)
         await self._moderate(prompt, visitor_id, conversation_id=conversation_id)
         with self.sessions.begin() as session:
@@ -556,11 +561,16 @@ class ArenaService:
         prompt = (prompt or "").strip()
         if not prompt:
             raise ArenaError("Please type a message first.")
-        if len(prompt) > self.settings.max_prompt_chars:
-            raise ArenaError(
-                f"Your message has {len(prompt)} characters; the limit is {self.settings.max_prompt_chars}."
-            )
+        too_long = self.prompt_limits.too_long(prompt)
+        if too_long:
+            raise ArenaError(too_long)
         return prompt
+
+    def _check_context(self, conversation: Conversation, prompt: str) -> None:
+        """Refuse a turn that would overflow the model's context window (the endpoint would fail it)."""
+        overflow = self.prompt_limits.overflow([conversation.model_name], _history(conversation), prompt)
+        if overflow:
+            raise ArenaError(overflow)
 
     def _check_rate_limit(self, session: Session, visitor_id: str) -> None:
         since = datetime.now(UTC) - timedelta(seconds=self.settings.rate_limit_window_s)
@@ -659,6 +669,9 @@ def _task_usage(task: asyncio.Task[ChatResult | None]) -> tuple[int | None, int 
 
 
 def _describe_error(error: BaseException) -> str:
+    if isinstance(error, ProviderError) and error.status_code == 400 and "context length" in str(error):
+        return ("the conversation is longer than this model's context window, so it could not answer; "
+                "start a new round")
     if isinstance(error, ProviderError):
         return str(error)
     return f"the model failed: {type(error).__name__}: {error}"

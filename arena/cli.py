@@ -5,6 +5,7 @@ Sub-commands of other parts (``arena export``, ``arena leaderboard``) are mounte
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -29,6 +30,9 @@ logger = logging.getLogger("arena")
 
 DEMO_MODELS = ("demo-llama-tiny", "demo-qwen-tiny", "demo-mistral-tiny")
 DEMO_SERVING_PORT = 8100
+# The demo models' context window (serving/demo_models.py builds them with it): the page's
+# 8,000-character limit fits, so a long prompt never fails both sides.
+DEMO_CONTEXT_TOKENS = 16384
 
 
 def _alembic_config(url: str | None):  # type: ignore[no-untyped-def]
@@ -114,15 +118,22 @@ def demo(
 
 def build_demo_models(models_dir: Path) -> None:
     """Build the demo checkpoints once (a few seconds); later runs reuse them."""
-    missing = [name for name in DEMO_MODELS if not (models_dir / name / "config.json").exists()]
+    missing = [name for name in DEMO_MODELS if _demo_context(models_dir / name) < DEMO_CONTEXT_TOKENS]
     if missing:
         logger.info("building demo models %s in %s", missing, models_dir)
         subprocess.run([sys.executable, "-m", "serving.demo_models", "--out", str(models_dir)], check=True)
 
 
+def _demo_context(model_dir: Path) -> int:
+    """The built checkpoint's context window (0 when not built yet)."""
+    config = model_dir / "config.json"
+    return int(json.loads(config.read_text()).get("max_position_embeddings", 0)) if config.exists() else 0
+
+
 def start_demo_model_server(models_dir: Path, port: int, timeout_s: float = 120.0) -> subprocess.Popen[bytes]:
     """Start our OpenAI-compatible engine on the demo models and wait until it answers."""
-    command = [sys.executable, "-m", "serving", "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"]
+    command = [sys.executable, "-m", "serving", "--host", "127.0.0.1", "--port", str(port), "--device", "cpu",
+               "--max-context", str(DEMO_CONTEXT_TOKENS)]
     for name in DEMO_MODELS:
         command += ["--model", f"{name}={models_dir / name}"]
     process = subprocess.Popen(command)
