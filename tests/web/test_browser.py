@@ -36,7 +36,8 @@ def demo_models_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def arena_page_url(sqlite_url: str, demo_models_url: str, tmp_path: Path) -> Iterator[str]:
     registry = tmp_path / "models.toml"
     registry.write_text(registry_toml(demo_models_url, DEMO_MODELS, max_tokens=24))
-    settings = Settings(database_url=sqlite_url, models_file=registry, secret_key="browser-test")
+    settings = Settings(database_url=sqlite_url, models_file=registry, secret_key="browser-test",
+                        leaderboard_debounce_s=0.5)
     with serve_app(create_app(settings)) as url:
         yield url
 
@@ -193,4 +194,29 @@ def test_long_prompts_are_answered_or_refused_with_the_reason(  # type: ignore[n
     expect(status).to_contain_text("Both answered", timeout=120_000)
     expect(page.locator("#battle-vote-a")).to_be_enabled()
     page.screenshot(path=str(artifacts_dir / "arena_long_prompt.png"))
+    page.close()
+
+
+def test_votes_reach_the_leaderboard_within_seconds(browser, arena_page_url: str, artifacts_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    """No "No ratings yet" until a 10-minute refresh: the page shows the vote once voting pauses
+    (debounce 0.5 s here), and says when the ratings were computed."""
+    from playwright.sync_api import expect
+
+    page = browser.new_page(viewport={"width": 1280, "height": 1000})
+    page.goto(arena_page_url, wait_until="load")
+    page.locator("#battle-prompt textarea").fill("Name three rivers.")
+    page.locator("#battle-send").click()
+    expect(page.locator("#battle-status")).to_contain_text("Both answered", timeout=60_000)
+    page.locator("#battle-vote-b").click()
+    expect(page.locator("#battle-status")).to_contain_text("Thanks for voting", timeout=30_000)
+
+    for _ in range(240):  # reload until the refresher has counted the vote (each load is a fresh read)
+        page.goto(f"{arena_page_url}/leaderboard", wait_until="load")
+        if page.locator("#leaderboard-table").count() and "newer vote" not in page.locator("#last-updated").inner_text():
+            break
+        page.wait_for_timeout(250)
+    expect(page.locator("#leaderboard-table tbody tr").first).to_be_visible()
+    expect(page.locator("#last-updated")).to_contain_text("Computed at 20")
+    expect(page.locator("#last-updated")).not_to_contain_text("newer vote")
+    page.screenshot(path=str(artifacts_dir / "leaderboard_after_vote.png"), full_page=True)
     page.close()
