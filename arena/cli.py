@@ -19,6 +19,7 @@ import typer
 from arena.config import REPO_ROOT, get_settings
 from arena.export.cli import app as export_app
 from arena.leaderboard.cli import app as leaderboard_app
+from arena.progress import configure_cli_logging
 
 app = typer.Typer(help="Arena: chat with two anonymous models, vote, rank them.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema (Alembic migrations).", no_args_is_help=True)
@@ -80,17 +81,37 @@ def serve(
     host: str = typer.Option(None, help="Bind address (default: ARENA_HOST or 127.0.0.1)"),
     port: int = typer.Option(None, help="Port (default: ARENA_PORT or 7860)"),
     migrate: bool = typer.Option(True, help="Run database migrations first"),
+    announce: str = typer.Option("", hidden=True, help="Extra text printed after the URL once it answers"),
 ) -> None:
     """Serve the arena page, the leaderboard and the JSON API."""
-    import uvicorn
-
     from arena.web.app import create_app
 
     _configure_logging()
     settings = get_settings()
     if migrate:
         db_upgrade("head", None)
-    uvicorn.run(create_app(settings), host=host or settings.host, port=port or settings.port, log_level="info")
+    host, port = host or settings.host, port or settings.port
+    run_server(create_app(settings), host, port, f"Arena: http://{host}:{port}{announce}")
+
+
+def run_server(app: object, host: str, port: int, ready_line: str) -> None:
+    """Serve ``app`` with uvicorn; print ``ready_line`` once the port accepts connections (not before:
+    start-up migrates, loads the registry and asks the endpoints for their context windows)."""
+    import asyncio
+
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info"))  # type: ignore[arg-type]
+
+    async def serve_and_announce() -> None:
+        serving = asyncio.create_task(server.serve())
+        while not server.started and not serving.done():
+            await asyncio.sleep(0.05)
+        if server.started:
+            typer.echo(ready_line)
+        await serving
+
+    asyncio.run(serve_and_announce())
 
 
 @app.command()
@@ -109,8 +130,8 @@ def demo(
     try:
         os.environ.setdefault("ARENA_MODELS_FILE", str(REPO_ROOT / "data" / "models.toml"))
         get_settings.cache_clear()
-        typer.echo(f"Arena: http://127.0.0.1:{port}  (models served at http://127.0.0.1:{serving_port}/v1)")
-        serve(host="127.0.0.1", port=port, migrate=True)
+        serve(host="127.0.0.1", port=port, migrate=True,
+              announce=f"  (models served at http://127.0.0.1:{serving_port}/v1)")
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -152,7 +173,7 @@ def start_demo_model_server(models_dir: Path, port: int, timeout_s: float = 120.
 
 
 def _configure_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_cli_logging()
 
 
 def _redact(url: str) -> str:

@@ -30,6 +30,7 @@ from arena.export.release import (
     ReleasePolicy,
     derive_release_key,
 )
+from arena.progress import configure_cli_logging
 
 if TYPE_CHECKING:
     from arena.export.pipeline import ExportResult
@@ -86,7 +87,7 @@ def _as_date(value: datetime | None) -> date | None:
 
 
 def _run(dataset: str, **kwargs: object) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    configure_cli_logging("%(levelname)s %(name)s: %(message)s")
     try:
         result = _export(dataset, **kwargs)  # type: ignore[arg-type]
     except (ExportError, OSError, ValueError) as exc:

@@ -9,11 +9,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import update
 from typer.testing import CliRunner
 
 from arena.battles import ArenaError, make_pair_sampler
 from arena.cli import app
-from arena.db.models import Battle, BattleStatus, Vote
+from arena.db.models import Battle, BattleStatus, Model, Vote
 from arena.db.session import get_engine, session_factory
 from arena.leaderboard.active_sampler import ActivePairSampler
 from arena.leaderboard.job import LeaderboardOptions, compute_leaderboards
@@ -121,3 +122,31 @@ def test_cli_compute_then_show(tmp_path: Path):
     bad = runner.invoke(app, ["leaderboard", "show", "--url", url, "--output", "xml"])
     assert bad.exit_code != 0
     get_engine(url).dispose()
+
+
+def test_cli_show_prints_whole_names_the_page_format_and_says_why_it_is_empty(tmp_path: Path):
+    """Piped at 80 columns, a 60-character model name is printed whole; the cells are the
+    page's; an unknown category is an error naming the known ones, and an empty one says so."""
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    migrate(url)
+    sessions = session_factory(get_engine(url))
+    seed_votes(sessions, 60, seed=2)
+    long_name = "a-very-long-model-name-from-a-provider-that-likes-long-names-v2"
+    with sessions.begin() as session:
+        session.add(Model(name=long_name, model_id=long_name, base_url="http://127.0.0.1:9/v1"))
+        session.flush()
+        session.execute(update(Battle).where(Battle.model_a == "alpha-70b").values(model_a=long_name))
+        session.execute(update(Battle).where(Battle.model_b == "alpha-70b").values(model_b=long_name))
+    compute_leaderboards(sessions, LeaderboardOptions(rounds=10))
+    runner = CliRunner()
+    shown = runner.invoke(app, ["leaderboard", "show", "--url", url], env={"COLUMNS": "80"})
+    assert shown.exit_code == 0, shown.output
+    assert any(long_name in line for line in shown.output.splitlines()), shown.output
+    with sessions() as session:
+        row = next(r for r in latest_view(session).rows if r["model"] == long_name)
+    assert f"+{row['ci_upper'] - row['rating']:.0f} / -{row['rating'] - row['ci_lower']:.0f}" in shown.output
+
+    unknown = runner.invoke(app, ["leaderboard", "show", "--url", url, "--category", "poetry"])
+    assert unknown.exit_code == 1 and "No category 'poetry'" in unknown.output and "known: overall" in unknown.output
+    as_csv = runner.invoke(app, ["leaderboard", "show", "--url", url, "--category", "poetry", "--output", "csv"])
+    assert as_csv.exit_code == 1 and "No category 'poetry'" in as_csv.output
