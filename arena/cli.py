@@ -13,7 +13,6 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
 import typer
 
 from arena.config import REPO_ROOT, get_settings
@@ -153,6 +152,7 @@ def _demo_context(model_dir: Path) -> int:
 
 def start_demo_model_server(models_dir: Path, port: int, timeout_s: float = 120.0) -> subprocess.Popen[bytes]:
     """Start our OpenAI-compatible engine on the demo models and wait until it answers."""
+    import httpx  # here, not at the top: `arena --help` should not pay for it
     command = [sys.executable, "-m", "serving", "--host", "127.0.0.1", "--port", str(port), "--device", "cpu",
                "--max-context", str(DEMO_CONTEXT_TOKENS)]
     for name in DEMO_MODELS:

@@ -64,3 +64,14 @@ def test_license_is_an_spdx_expression() -> None:
     project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
     assert project["project"]["license"] == "Apache-2.0"
     assert "setuptools>=77" in project["build-system"]["requires"]
+
+
+def test_arena_help_loads_neither_sqlalchemy_nor_httpx() -> None:
+    """What `arena --help` imports is what every call pays (benchmarks/cli_startup.py measures it)."""
+    from arena.db.models import OVERALL_CATEGORY
+    from arena.leaderboard import cli as leaderboard_cli
+
+    assert leaderboard_cli.OVERALL_CATEGORY == OVERALL_CATEGORY
+    probe = "import sys, arena.cli; print(sorted(m for m in ('sqlalchemy', 'httpx', 'pandas') if m in sys.modules))"
+    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=REPO_ROOT)
+    assert run.stdout.strip() == "[]"

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING
 import typer
 from rich.console import Console
 from rich.table import Table
-from sqlalchemy.exc import SQLAlchemyError
 
 from arena.config import get_settings
 from arena.export.datasets import DATASET_DESCRIPTIONS
@@ -87,6 +86,8 @@ def _as_date(value: datetime | None) -> date | None:
 
 
 def _run(dataset: str, **kwargs: object) -> None:
+    from sqlalchemy.exc import SQLAlchemyError  # here: `arena --help` should not load SQLAlchemy
+
     configure_cli_logging("%(levelname)s %(name)s: %(message)s")
     try:
         result = _export(dataset, **kwargs)  # type: ignore[arg-type]

@@ -10,8 +10,6 @@ from rich.console import Console
 from rich.table import Table
 
 from arena.config import get_settings
-from arena.db.models import OVERALL_CATEGORY
-from arena.db.session import get_engine, session_factory
 from arena.progress import configure_cli_logging
 
 if TYPE_CHECKING:  # the job and views (pandas, scipy, lingua) are imported by the commands that run
@@ -20,7 +18,14 @@ if TYPE_CHECKING:  # the job and views (pandas, scipy, lingua) are imported by t
 app = typer.Typer(help="The leaderboard: compute snapshots from the votes, show them.", no_args_is_help=True)
 
 
+# arena.db.models.OVERALL_CATEGORY, spelled out: importing the models (SQLAlchemy) would slow
+# down every `arena --help` (tests check that the two agree).
+OVERALL_CATEGORY = "overall"
+
+
 def _sessions(url: str | None):  # type: ignore[no-untyped-def]
+    from arena.db.session import get_engine, session_factory
+
     return session_factory(get_engine(url or get_settings().database_url))
 
 
