@@ -80,7 +80,7 @@ def test_battle_in_the_browser_streams_votes_and_reveals(
     assert float(page.locator("#battle-send").evaluate("b => getComputedStyle(b).opacity")) < 0.6
     page.screenshot(path=str(artifacts_dir / "arena_battle_voted.png"), full_page=True)
     page.set_viewport_size({"width": 1280, "height": 860})
-    page.screenshot(path=str(artifacts_dir / "readme_arena_battle.png"))
+    page.screenshot(path=str(artifacts_dir / "readme_arena_battle.png"))  # docs/arena_battle.png
 
     with session_factory(get_engine(sqlite_url))() as session:
         vote = session.scalars(select(Vote).order_by(Vote.id.desc())).first()

@@ -116,6 +116,9 @@ def test_page_in_browser_shows_table_plots_and_switches(browser, voted_url: str,
         expect(page.locator(f"#{plot} .main-svg").first).to_be_visible(timeout=20_000)
     expect(page.locator("#leaderboard-meta")).to_contain_text("5 moderation")
     page.screenshot(path=str(artifacts_dir / "leaderboard_page.png"), full_page=True)
+    page.set_viewport_size({"width": 1280, "height": 900})
+    page.screenshot(path=str(artifacts_dir / "readme_leaderboard.png"))  # docs/leaderboard.png
+    page.set_viewport_size({"width": 1280, "height": 1200})
 
     page.locator("#style-control-toggle").check()
     page.wait_for_url("**style_control=true**")
