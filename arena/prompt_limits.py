@@ -11,7 +11,7 @@ byte, and a chat template adds a few tokens of markup per message.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from arena.providers.registry import ModelSpec
@@ -67,7 +67,7 @@ class PromptLimits:
         return (f"Your message has {len(prompt):,} characters; the limit is {limit:,}{reason}. "
                 "Shorten it and send again.")
 
-    def overflow(self, model_names: Iterable[str], history: list[Mapping[str, str]], prompt: str) -> str | None:
+    def overflow(self, model_names: Iterable[str], history: Sequence[Mapping[str, str]], prompt: str) -> str | None:
         """Why adding ``prompt`` to ``history`` would not fit one of the models, or None."""
         needed = token_bound([*history, {"role": "user", "content": prompt}])
         for name in model_names:

@@ -39,6 +39,9 @@ def _respond(request: ChatRequest) -> Reply | str:
     prompt = request.last_user_message
     if "who are you" in prompt:
         return f"I am {request.model}, nice to meet you."
+    if "too much context" in prompt and request.model == "bravo-13b":  # a context window the registry doesn't know
+        return Reply(status=400, error_message="This model's maximum context length is 2048 tokens. However, "
+                                               "your messages resulted in 2100 tokens.")
     if "crash" in prompt and request.model == "bravo-13b":
         return Reply(status=500, error_message="the GPU caught fire")
     turns = sum(1 for m in request.messages if m["role"] == "user")
@@ -162,6 +165,15 @@ async def test_one_failing_endpoint_keeps_the_other_answer_and_blocks_the_vote(
     with db_sessions() as session:
         stored = answers_of(session, battle.id)
         assert {bool(m.error) for m in stored} == {True, False}  # recorded as failed, not lost
+
+
+async def test_a_context_length_error_is_explained_without_naming_the_model(service: ArenaService) -> None:
+    battle = service.create_battle("visitor-4c", "named", "alpha-7b", "bravo-13b")
+    final = (await play(service, battle.id, "visitor-4c", "too much context"))[-1]
+    assert final.status == BattleStatus.FAILED
+    error = final.sides["b"].error or ""
+    assert "longer than this model's context window" in error and "start a new round" in error
+    assert "bravo" not in error
 
 
 async def test_unreachable_endpoint_is_an_error_on_its_side(db_sessions, tmp_path: Path, fake_models) -> None:
