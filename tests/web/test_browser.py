@@ -19,7 +19,7 @@ from sqlalchemy import select
 from arena.config import REPO_ROOT, Settings
 from arena.db.models import Battle, Vote
 from arena.db.session import get_engine, session_factory
-from arena.web.app import create_app
+from arena.web.app import build_service, create_app
 from tests.servers import DEMO_MODELS, build_demo_models, demo_model_server, registry_toml, serve_app
 
 pytestmark = pytest.mark.browser
@@ -40,6 +40,16 @@ def arena_page_url(sqlite_url: str, demo_models_url: str, tmp_path: Path) -> Ite
                         leaderboard_debounce_s=0.5)
     with serve_app(create_app(settings)) as url:
         yield url
+
+
+def test_context_windows_come_from_the_engine(demo_models_url: str, sqlite_url: str, tmp_path: Path) -> None:
+    """The registry gives no context_tokens: the service asks the endpoint (GET /models lists
+    max_model_len), so the page's limit is what the demo models can take."""
+    registry = tmp_path / "models.toml"
+    registry.write_text(registry_toml(demo_models_url, DEMO_MODELS, max_tokens=24))
+    service = build_service(Settings(database_url=sqlite_url, models_file=registry, secret_key="context-test"))
+    assert {name: spec.context_tokens for name, spec in service.registry.items()} == dict.fromkeys(DEMO_MODELS, 16384)
+    assert service.prompt_limits.message_limit() == 8000
 
 
 def test_battle_in_the_browser_streams_votes_and_reveals(
