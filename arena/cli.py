@@ -83,24 +83,39 @@ def serve(
     announce: str = typer.Option("", hidden=True, help="Extra text printed after the URL once it answers"),
 ) -> None:
     """Serve the arena page, the leaderboard and the JSON API."""
+    from arena.config import DEFAULT_SECRET_KEY
+    from arena.providers.registry import RegistryError
     from arena.web.app import create_app
 
     _configure_logging()
     settings = get_settings()
+    if settings.secret_key == DEFAULT_SECRET_KEY:
+        logger.warning("!" * 78)
+        logger.warning("ARENA_SECRET_KEY is the built-in default: visitor ids and cookies can be forged.")
+        logger.warning("Set ARENA_SECRET_KEY to a long random value before serving anyone but yourself.")
+        logger.warning("!" * 78)
     if migrate:
         db_upgrade("head", None)
+    try:
+        app = create_app(settings)
+    except RegistryError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
     host, port = host or settings.host, port or settings.port
-    run_server(create_app(settings), host, port, f"Arena: http://{host}:{port}{announce}")
+    # uvicorn's own access log records client addresses; the app logs requests without them.
+    config = {"access_log": False, "timeout_graceful_shutdown": max(1, round(settings.shutdown_grace_s))}
+    run_server(app, host, port, f"Arena: http://{host}:{port}{announce}", **config)
 
 
-def run_server(app: object, host: str, port: int, ready_line: str) -> None:
+def run_server(app: object, host: str, port: int, ready_line: str, **uvicorn_options: object) -> None:
     """Serve ``app`` with uvicorn; print ``ready_line`` once the port accepts connections (not before:
     start-up migrates, loads the registry and asks the endpoints for their context windows)."""
     import asyncio
 
     import uvicorn
 
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info"))  # type: ignore[arg-type]
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info",  # type: ignore[arg-type]
+                                           **uvicorn_options))  # type: ignore[arg-type]
 
     async def serve_and_announce() -> None:
         serving = asyncio.create_task(server.serve())

@@ -52,8 +52,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 from serving import kernels  # noqa: E402
+from serving.config import EngineConfig  # noqa: E402
 from serving.demo_models import build_demo_models  # noqa: E402
-from serving.engine import Engine, EngineConfig  # noqa: E402
+from serving.engine import Engine  # noqa: E402
 from serving.models import build_model, load_named_tensors  # noqa: E402
 from serving.sampling import SamplingParams  # noqa: E402
 from serving.sequence import GenerationRequest  # noqa: E402
@@ -196,7 +197,7 @@ def run_ours(
     waste = {"ours": [0, 0], "pages16": [0, 0], "static": [0, 0]}  # [unused, allocated] summed over steps
     start = time.perf_counter()
     while engine.has_work:
-        pure_decode = not scheduler.waiting and all(s.num_uncached <= 1 for s in scheduler.running)
+        pure_decode = not scheduler.waiting and all(s.num_to_compute <= 1 for s in scheduler.running)
         kv_tokens = sum(len(s.token_ids) for s in scheduler.running)
         step_start = time.perf_counter()
         outputs = engine.step()
@@ -237,7 +238,7 @@ def profile_decode(engine: Engine, prompts: list[list[int]], steps: int = 20) ->
     for index, prompt in enumerate(prompts):
         engine.add_request(GenerationRequest(f"p{index}", prompt, params))
     scheduler = engine.scheduler
-    while scheduler.waiting or any(s.num_uncached > 1 for s in scheduler.running):
+    while scheduler.waiting or any(s.num_to_compute > 1 for s in scheduler.running):
         engine.step()
     for _ in range(3):
         engine.step()
@@ -330,7 +331,7 @@ def linear_chain_time(engine: Engine, batch: int, steps: int) -> dict:
 
 def record_kv_waste(waste: dict, scheduler, kv_pool) -> None:
     """Add this step's unused/allocated slots: our pool, 16-token pages, static reservations."""
-    stored = [s.num_cached for s in scheduler.running]
+    stored = [s.num_kv for s in scheduler.running]
     allocated = kv_pool.capacity - kv_pool.num_free
     waste["ours"][0] += allocated - sum(stored)
     waste["ours"][1] += allocated
@@ -533,6 +534,7 @@ def main(argv: list[str] | None = None) -> None:
                 max_batch_tokens=8192,
                 kv_memory_gb=min(args.kv_memory_gb, 0.25) if args.smoke else args.kv_memory_gb,
                 detokenize=False,
+                prefix_cache=False,  # warm_up runs the timed prompts first: no reuse against the peers
             )
             engine = Engine(engine_config, model=model)
             report["kv_bytes_per_token"] = engine.runner.kv_pool.bytes_per_slot()

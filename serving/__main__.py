@@ -13,6 +13,10 @@ import argparse
 import logging
 from pathlib import Path
 
+# serving.scheduler.SCHEDULE_POLICIES, spelled out: importing it loads torch, and `--help` should
+# not (tests/test_cli_output.py checks that the two agree).
+SCHEDULE_POLICIES = ("lpm", "fcfs")
+
 logger = logging.getLogger("serving")
 
 
@@ -57,6 +61,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-context", type=int, default=None, help="longest prompt + output (default: the model's, at most 4096)")
     parser.add_argument("--kv-memory-gb", type=float, default=None, help="KV pool size per model (default: room for --max-running full contexts, at most 32k tokens)")
     parser.add_argument("--no-cuda-graphs", action="store_true", help="run decode eagerly on CUDA")
+    parser.add_argument(
+        "--no-prefix-cache", action="store_true", help="recompute every prompt (no radix prefix cache)"
+    )
+    parser.add_argument(
+        "--schedule-policy",
+        choices=SCHEDULE_POLICIES,
+        default="lpm",
+        help="lpm: longest cached prefix first, with a fairness bound; fcfs: first come first served",
+    )
     parser.add_argument("--log-level", default="info", help="debug, info, warning or error")
     return parser
 
@@ -68,7 +81,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     import uvicorn
 
-    from serving.engine import AsyncEngine, Engine, EngineConfig
+    from serving.async_engine import AsyncEngine
+    from serving.config import EngineConfig
+    from serving.engine import Engine
     from serving.server import create_app  # the only FastAPI importer
 
     names = [name for name, _ in args.model]
@@ -85,6 +100,8 @@ def main(argv: list[str] | None = None) -> None:
             max_batch_tokens=args.max_batch_tokens,
             kv_memory_gb=args.kv_memory_gb,
             cuda_graphs=False if args.no_cuda_graphs else None,
+            prefix_cache=not args.no_prefix_cache,
+            schedule_policy=args.schedule_policy,
         )
         try:
             engine = Engine(config)

@@ -1,29 +1,58 @@
-"""The attention interface models call, and the per-step batch description it reads.
+"""The attention-backend protocol, the per-step batch it reads, and the dense backend.
 
-A model never sees the scheduler: each forward gets a :class:`ForwardBatch` (flat token rows
-plus per-request metadata) and an :class:`AttentionBackend`. A layer first writes its new
-tokens' K/V into the backend's :meth:`~AttentionBackend.kv_cache` at ``out_cache_loc`` (fused
-with rotary: ``kernels.rotary_store_kv``), then calls :meth:`~AttentionBackend.forward`, which
-runs paged attention through ``serving.kernels`` (Triton on CUDA, PyTorch reference on CPU).
+A model never touches KV memory. Each attention layer projects q/k/v and calls
+``backend.forward(layer, q, k, v, batch)``; the backend applies rotary (and Qwen3's q/k norms)
+to q and k, stores k and v at the new tokens' slots, and attends over each request's KV. The
+backend is thus the only code that reads or writes K/V, the slot table ``req_to_token`` and
+any per-slot side table, so another attention scheme is another backend and nothing else:
 
-Sparse attention (H2O, Double Sparsity) plugs in as another backend with the same two methods,
-whose ``forward`` also updates its per-slot side tables (the new keys are in the cache by then);
-multi-LoRA adds per-request adapter indices to :class:`ForwardBatch`, not to the backend.
+* **Double Sparsity** stores a label cache (a few channels of each key) at the same slots as
+  K/V, in ``forward``, and attends over the top-k tokens its labels select.
+* **H2O** keeps accumulated attention mass per slot and evicts low-mass slots from a request's
+  row: the request's KV length (``seq_lens``) then falls below its position (``positions``),
+  which the batch keeps apart. (It must also drop the slots from ``Sequence.kv_slots`` and free
+  them to the pool; such sequences are never inserted into the prefix cache.)
+
+The protocol (:class:`AttentionBackend`):
+
+``forward(layer, q, k, v, batch)``
+    q ``[T, Hq, D]``, k/v ``[T, Hkv, D]`` of the step's new tokens, before rotary; returns the
+    attention output ``[T, Hq, D]``. ``layer`` (:class:`AttentionLayer`) gives the layer index,
+    softmax scale and rotary inputs. The dense backend keeps rotary, q/k norm and the KV write
+    in one fused kernel (:func:`rotary_and_store`), which a sparse backend can reuse.
+``prepare(batch)``
+    Per-step metadata, called once before the model's layers run. It must be device work on
+    the batch's tensors only: for decode batches on CUDA it is captured into the decode graph
+    and replayed with the graph's static inputs. The dense backend records the step's slots in
+    ``req_to_token`` here.
+``init_graph_state(max_batch)`` / ``prepare_replay(batch, size)``
+    CUDA-graph hooks: allocate any static buffers the backend's captured work reads, once
+    before capture; fill them on the host side before each replay of a graph of ``size``
+    entries (``batch`` is the :class:`~serving.scheduler.ScheduledBatch`). The dense backend
+    needs neither.
+
+The model runner picks the backend class by name from :data:`ATTENTION_BACKENDS`
+(``EngineConfig.attention_backend``) and builds it with ``(kv_pool, req_pool, model_config)``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 
 from serving import kernels
-from serving.memory import KVPool
+from serving.memory import KVPool, ReqToTokenPool
+
+if TYPE_CHECKING:
+    from serving.scheduler import ScheduledBatch
 
 
 class ForwardMode(Enum):
-    """Decode: exactly one new token per request. Extend: any number (prefill, chunks, decodes)."""
+    """Decode: exactly one new token per request, whose slot goes at the end of its row.
+    Extend: any number (prefill, chunks, decodes), with explicit slot-table entries."""
 
     EXTEND = "extend"
     DECODE = "decode"
@@ -34,10 +63,15 @@ class ForwardBatch:
     """One model step over ``T`` new tokens belonging to ``B`` requests.
 
     Tensors live on the model's device. Request ``b``'s new tokens are rows
-    ``q_start[b] : q_start[b] + extend_lens[b]``; ``seq_lens[b]`` counts its tokens in KV
-    after this step, ``req_pool_indices[b]`` is its ``req_to_token`` row. ``logits_indices``
-    picks the rows whose next-token logits are needed (the last new token of each request that
-    samples).
+    ``q_start[b] : q_start[b] + extend_lens[b]``; ``positions`` are their sequence positions
+    (RoPE), ``out_cache_loc`` their KV slots. ``seq_lens[b]`` counts request ``b``'s KV entries
+    after this step (what attention reads through row ``req_pool_indices[b]`` of the slot table;
+    the new tokens are its last ``extend_lens[b]`` entries). ``logits_indices`` picks the rows
+    whose next-token logits are needed (the last new token of each request that samples).
+
+    In extend mode, ``table_rows/table_cols/table_slots`` list the slot-table entries to record
+    before attention: the new tokens', and after a prefix-cache hit the shared prefix's too. In
+    decode mode they are None: each new token goes at column ``seq_lens[b] - 1``.
     """
 
     mode: ForwardMode
@@ -49,25 +83,82 @@ class ForwardBatch:
     extend_lens: torch.Tensor  # [B] int64
     q_start: torch.Tensor  # [B] int64
     logits_indices: torch.Tensor  # [N] int64
+    table_rows: torch.Tensor | None = None  # [W] int64
+    table_cols: torch.Tensor | None = None  # [W] int64
+    table_slots: torch.Tensor | None = None  # [W] int64
 
 
-class AttentionBackend:
-    """Paged attention over a :class:`KVPool` and a ``req_to_token`` table."""
+class AttentionLayer(Protocol):
+    """What a backend needs to know about the layer calling it (``LlamaAttention`` is one)."""
 
-    def __init__(self, kv_pool: KVPool, req_to_token: torch.Tensor) -> None:
+    layer_id: int
+    scale: float
+    cos_sin_cache: torch.Tensor  # fp32 [max_positions, head_dim]: cos | sin
+    is_neox: bool
+
+    def qk_norm(self) -> tuple[torch.Tensor | None, torch.Tensor | None, float]:
+        """Per-head q/k RMSNorm weights and eps applied before rotary (Qwen3), or Nones."""
+        ...
+
+
+class AttentionBackend(Protocol):
+    """The single owner of K/V reads and writes (see the module docstring)."""
+
+    kv_pool: KVPool
+
+    def prepare(self, batch: ForwardBatch) -> None: ...
+
+    def forward(
+        self, layer: AttentionLayer, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: ForwardBatch
+    ) -> torch.Tensor: ...
+
+    def init_graph_state(self, max_batch: int) -> None: ...
+
+    def prepare_replay(self, batch: ScheduledBatch, size: int) -> None: ...
+
+
+def rotary_and_store(
+    layer: AttentionLayer,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    batch: ForwardBatch,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+) -> torch.Tensor:
+    """(q/k norm,) rotary on q and k, k and v written at ``batch.out_cache_loc``: one launch.
+    Returns the rotated q."""
+    return kernels.rotary_store_kv(
+        q, k, v, batch.positions, layer.cos_sin_cache, k_cache, v_cache, batch.out_cache_loc,
+        layer.is_neox, *layer.qk_norm(),
+    )  # fmt: skip
+
+
+class DenseAttentionBackend:
+    """Full paged attention over a :class:`KVPool` through the ``req_to_token`` slot table."""
+
+    def __init__(self, kv_pool: KVPool, req_pool: ReqToTokenPool, model_config: object = None) -> None:
         self.kv_pool = kv_pool
-        self.req_to_token = req_to_token
+        self.req_to_token = req_pool.req_to_token
 
-    def kv_cache(self, layer_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Layer ``layer_id``'s ``(k_cache, v_cache)``, each ``[num_slots, Hkv, D]``."""
-        return self.kv_pool.k[layer_id], self.kv_pool.v[layer_id]
+    def prepare(self, batch: ForwardBatch) -> None:
+        """Record the step's slots in the slot table (inside the decode graph on CUDA)."""
+        if batch.mode is ForwardMode.DECODE:
+            self.req_to_token[batch.req_pool_indices, batch.seq_lens - 1] = batch.out_cache_loc.to(
+                torch.int32
+            )
+            return
+        assert batch.table_rows is not None and batch.table_cols is not None and batch.table_slots is not None
+        self.req_to_token[batch.table_rows, batch.table_cols] = batch.table_slots.to(torch.int32)
 
-    def forward(self, layer_id: int, q: torch.Tensor, batch: ForwardBatch, scale: float) -> torch.Tensor:
-        """Attend with q ``[T, Hq, D]`` over each request's cached tokens (the new ones included)."""
-        k_cache, v_cache = self.kv_cache(layer_id)
+    def forward(
+        self, layer: AttentionLayer, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: ForwardBatch
+    ) -> torch.Tensor:
+        k_cache, v_cache = self.kv_pool.k[layer.layer_id], self.kv_pool.v[layer.layer_id]
+        q = rotary_and_store(layer, q, k, v, batch, k_cache, v_cache)
         if batch.mode is ForwardMode.DECODE:
             return kernels.decode_attention(
-                q, k_cache, v_cache, self.req_to_token, batch.req_pool_indices, batch.seq_lens, scale
+                q, k_cache, v_cache, self.req_to_token, batch.req_pool_indices, batch.seq_lens, layer.scale
             )
         return kernels.extend_attention(
             q,
@@ -78,5 +169,26 @@ class AttentionBackend:
             batch.seq_lens,
             batch.extend_lens,
             batch.q_start,
-            scale,
+            layer.scale,
         )
+
+    def init_graph_state(self, max_batch: int) -> None:
+        return None  # the graph's shared static inputs are all it reads
+
+    def prepare_replay(self, batch: ScheduledBatch, size: int) -> None:
+        return None
+
+
+ATTENTION_BACKENDS: dict[str, type] = {"dense": DenseAttentionBackend}
+
+
+def make_attention_backend(
+    name: str, kv_pool: KVPool, req_pool: ReqToTokenPool, model_config: object
+) -> AttentionBackend:
+    """Build the backend registered under ``name``; ValueError naming the known ones otherwise."""
+    if name not in ATTENTION_BACKENDS:
+        raise ValueError(
+            f"unknown attention backend {name!r}; known: {', '.join(sorted(ATTENTION_BACKENDS))}"
+        )
+    backend: AttentionBackend = ATTENTION_BACKENDS[name](kv_pool, req_pool, model_config)
+    return backend

@@ -1,30 +1,26 @@
-"""The engine: the step loop (schedule -> run model -> sample -> finish) and its async front.
+"""The engine: the step loop (schedule -> run model -> sample -> finish).
 
-:class:`Engine` is synchronous and single-threaded. :class:`AsyncEngine` runs it in a background
-thread and hands each caller an async iterator of :class:`RequestOutput` deltas, so a web
-server's event loop never blocks on the model.
+:class:`Engine` is synchronous and single-threaded; ``serving/async_engine.py`` runs it in a
+thread for the web server. Its configuration and the checkpoint's limits are in
+``serving/config.py``, the KV pool's size in ``serving/kv_sizing.py``.
 """
 
 from __future__ import annotations
 
-import asyncio
-import itertools
 import logging
-import queue
-import threading
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer, GenerationConfig, PreTrainedTokenizerBase
+from transformers import AutoTokenizer
 
+from serving.config import EngineConfig, context_limit, eos_token_ids
 from serving.detokenizer import TextStream
-from serving.memory import slots_for_memory
+from serving.kv_sizing import num_kv_slots
 from serving.model_runner import MemoryPlan, ModelRunner
 from serving.models import load_config, load_model
-from serving.models.llama import head_dim_of
-from serving.sampling import PendingSample, Sampler, SamplingParams, TokenLogprobs
+from serving.prefix_cache import NoPrefixCache
+from serving.radix_cache import RadixCache
+from serving.sampling import PendingSample, Sampler, TokenLogprobs
 from serving.scheduler import ScheduledBatch, Scheduler
 from serving.sequence import GenerationRequest, RequestOutput, Sequence
 
@@ -35,59 +31,29 @@ class RequestError(ValueError):
     """A request the engine cannot serve (too long, bad parameters); the client gets a 400."""
 
 
+@dataclass(frozen=True)
+class EngineStats:
+    """A snapshot for monitoring (``GET /metrics``): counters since start and current gauges."""
+
+    prompt_tokens: int
+    cached_tokens: int  # prompt tokens whose KV came from the prefix cache
+    generation_tokens: int
+    kv_slots_used: int  # cached prefixes included
+    kv_slots_total: int
+    requests_running: int
+    requests_waiting: int
+
+
 @dataclass
 class LaunchedStep:
-    """A model step queued on the device: its batch, the sequences that sample, their tokens."""
+    """A model step queued on the device: its batch, the sequences that sample, their tokens,
+    and the scoring sequences with their number of scored tokens and (on the device) the scores."""
 
     batch: ScheduledBatch
     sampling: list[Sequence]
-    sample: PendingSample
-
-
-@dataclass
-class EngineConfig:
-    """How to load and size one served model."""
-
-    model_path: str
-    device: str = "cpu"
-    dtype: str | None = None  # None: float32 on CPU, bfloat16 on CUDA
-    max_context: int | None = None  # None: the model's max_position_embeddings, capped at 4096
-    max_running: int = 32
-    max_batch_tokens: int = 512
-    kv_memory_gb: float | None = None  # None: max_running full contexts, capped at 32k tokens
-    kv_slots: int | None = None  # exact pool size in tokens (overrides kv_memory_gb; tests)
-    cuda_graphs: bool | None = None  # None: on for CUDA
-    detokenize: bool = True  # False: token ids only (benchmarks); stop strings then unsupported
-    # Launch the next decode step before reading this one's tokens, so the GPU never waits for
-    # the host between steps (see Engine.step). None: on for CUDA.
-    overlap: bool | None = None
-
-    def torch_dtype(self) -> torch.dtype:
-        if self.dtype is None:
-            return torch.bfloat16 if self.device.startswith("cuda") else torch.float32
-        return getattr(torch, self.dtype)
-
-
-def eos_token_ids(model_path: str | Path, config, tokenizer: PreTrainedTokenizerBase) -> set[int]:
-    """End-of-sequence ids from generation_config.json, config.json and the tokenizer."""
-    ids: set[int] = set()
-    sources = [getattr(config, "eos_token_id", None), tokenizer.eos_token_id]
-    if (Path(model_path) / "generation_config.json").is_file():
-        sources.append(GenerationConfig.from_pretrained(model_path).eos_token_id)
-    for value in sources:
-        if isinstance(value, int):
-            ids.add(value)
-        elif isinstance(value, list):
-            ids.update(v for v in value if isinstance(v, int))
-    return ids
-
-
-def sliding_window(model_config) -> int | None:
-    """The attention window of a model that uses one (Mistral v0.1, Qwen2 with use_sliding_window)."""
-    window = getattr(model_config, "sliding_window", None)
-    if not window or not getattr(model_config, "use_sliding_window", True):
-        return None
-    return int(window)
+    sample: PendingSample | None
+    scoring: list[tuple[Sequence, int]]
+    scores: torch.Tensor | None
 
 
 class Engine:
@@ -96,50 +62,45 @@ class Engine:
     def __init__(self, config: EngineConfig, model=None) -> None:
         self.config = config
         model_config = load_config(config.model_path)
-        self.max_context = config.max_context or min(model_config.max_position_embeddings, 4096)
-        window = sliding_window(model_config)
-        if window is not None and window < self.max_context:
-            # Within the window, sliding-window attention is full attention: cap the context there.
-            logger.info("capping context at the sliding window of %d tokens", window)
-            self.max_context = window
+        max_context = context_limit(config, model_config)
         self.tokenizer = AutoTokenizer.from_pretrained(config.model_path, local_files_only=True)
         self.eos_token_ids = eos_token_ids(config.model_path, model_config, self.tokenizer)
         dtype = config.torch_dtype()
         if model is None:
-            model = load_model(config.model_path, config.device, dtype, self.max_context, model_config)
-        num_slots = self._num_slots(model_config, dtype)
-        self.max_context = min(self.max_context, num_slots - 1)
-        use_graphs = config.device.startswith("cuda") if config.cuda_graphs is None else config.cuda_graphs
+            model = load_model(config.model_path, config.device, dtype, max_context, model_config)
+        num_slots = num_kv_slots(config, model_config, max_context, dtype)
+        self.max_context = min(max_context, num_slots - 1)
         plan = MemoryPlan(num_slots, config.max_running, self.max_context)
-        self.runner = ModelRunner(model, plan, use_graphs)
+        self.runner = ModelRunner(model, plan, config.use_cuda_graphs, config.attention_backend)
+        kv_pool = self.runner.kv_pool
+        prefix_cache = RadixCache(kv_pool) if config.prefix_cache else NoPrefixCache(kv_pool)
         self.scheduler = Scheduler(
-            self.runner.kv_pool, self.runner.req_pool, config.max_running, config.max_batch_tokens
+            kv_pool,
+            self.runner.req_pool,
+            config.max_running,
+            config.max_batch_tokens,
+            prefix_cache,
+            config.schedule_policy,
         )
+        self.generation_tokens = 0  # output tokens produced since start (/metrics)
         self.sampler = Sampler()
-        self.overlap = config.device.startswith("cuda") if config.overlap is None else config.overlap
+        self.overlap = config.use_overlap
         self._in_flight: LaunchedStep | None = None
         self._streams: dict[str, TextStream] = {}
-        self._arrivals = itertools.count()
-
-    def _num_slots(self, model_config, dtype: torch.dtype) -> int:
-        layers, kv_heads = model_config.num_hidden_layers, model_config.num_key_value_heads
-        if self.config.kv_slots is not None:
-            return self.config.kv_slots + 1  # + the padding slot
-        if self.config.kv_memory_gb is not None:
-            budget = int(self.config.kv_memory_gb * 2**30)
-            return slots_for_memory(budget, layers, kv_heads, head_dim_of(model_config), dtype)
-        # Default: room for every running request at full context, capped at 32k tokens (at least
-        # one full context), which is plenty for the CPU path; GPU deployments set kv_memory_gb.
-        return min(self.config.max_running * self.max_context, max(self.max_context, 32768)) + 1
 
     # ----- requests -------------------------------------------------------------------------
 
-    def check_request(self, prompt_token_ids: list[int], params: SamplingParams) -> None:
-        """Raise :class:`RequestError` when the request cannot be served; else return."""
+    def new_sequence(self, request: GenerationRequest) -> Sequence:
+        """Validate a request and build its sequence: the one place requests are checked.
+
+        Raises :class:`RequestError` (or ``InvalidParamsError``) when it cannot be served. Reads
+        no engine state that the step loop changes, so it is safe from any thread.
+        """
+        params = request.params
         params.validate()
-        if not prompt_token_ids:
+        prompt_len = len(request.prompt_token_ids)
+        if prompt_len == 0:
             raise RequestError("the prompt is empty")
-        prompt_len = len(prompt_token_ids)
         if prompt_len >= self.max_context:
             raise RequestError(
                 f"This model's maximum context length is {self.max_context} tokens. However, your messages "
@@ -151,25 +112,28 @@ class Engine:
                 f"{prompt_len + params.max_tokens} tokens ({prompt_len} in the messages, {params.max_tokens} "
                 "in the completion). Please reduce the length of the messages or completion."
             )
+        if params.stop and not self.config.detokenize:
+            raise RequestError("stop strings need detokenization, which this engine has turned off")
+        if request.score_from is not None and not 1 <= request.score_from < prompt_len:
+            raise RequestError(f"score_from must be in [1, {prompt_len}) for a prompt of {prompt_len} tokens")
+        generator = None
+        if params.seed is not None:
+            generator = torch.Generator(device=self.runner.device).manual_seed(params.seed)
+        max_total = min(self.max_context, prompt_len + (params.max_tokens or self.max_context))
+        return Sequence(request, max_total, generator)
+
+    def add(self, seq: Sequence) -> None:
+        """Queue a sequence built by :meth:`new_sequence` (its request id must be new)."""
+        if seq.request_id in self._streams:
+            raise RequestError(f"duplicate request id {seq.request_id!r}")
+        self._streams[seq.request_id] = TextStream(
+            self.tokenizer if self.config.detokenize else None, seq.params.stop
+        )
+        self.scheduler.add(seq)
 
     def add_request(self, request: GenerationRequest) -> None:
         """Validate and queue a request."""
-        self.check_request(request.prompt_token_ids, request.params)
-        if request.params.stop and not self.config.detokenize:
-            raise RequestError("stop strings need detokenization, which this engine has turned off")
-        if request.request_id in self._streams:
-            raise RequestError(f"duplicate request id {request.request_id!r}")
-        generator = None
-        if request.params.seed is not None:
-            generator = torch.Generator(device=self.runner.device).manual_seed(request.params.seed)
-        seq = Sequence(request, next(self._arrivals), generator)
-        seq.max_total_tokens = min(
-            self.max_context, len(request.prompt_token_ids) + (request.params.max_tokens or self.max_context)
-        )
-        self._streams[request.request_id] = TextStream(
-            self.tokenizer if self.config.detokenize else None, request.params.stop
-        )
-        self.scheduler.add(seq)
+        self.add(self.new_sequence(request))
 
     def abort(self, request_id: str) -> RequestOutput | None:
         """Stop a request wherever it is; returns its final output, or None if unknown."""
@@ -182,6 +146,19 @@ class Engine:
     @property
     def has_work(self) -> bool:
         return self.scheduler.has_work or self._in_flight is not None
+
+    def stats(self) -> EngineStats:
+        """Counters and gauges; plain reads of ints and lengths, safe from another thread."""
+        scheduler, pool = self.scheduler, self.runner.kv_pool
+        return EngineStats(
+            prompt_tokens=scheduler.stats.prompt_tokens,
+            cached_tokens=scheduler.stats.cached_tokens,
+            generation_tokens=self.generation_tokens,
+            kv_slots_used=pool.capacity - pool.num_free,
+            kv_slots_total=pool.capacity,
+            requests_running=len(scheduler.running),
+            requests_waiting=len(scheduler.waiting),
+        )
 
     # ----- the loop -------------------------------------------------------------------------
 
@@ -209,23 +186,55 @@ class Engine:
                 except Exception:
                     self._in_flight = launched  # still to be read; the caller decides about the requests
                     raise
+        outputs = self._scored(launched)
+        if launched.sample is None:
+            return outputs
         result = launched.sample.result()
-        return [
+        return outputs + [
             self._append_token(seq, token, logprobs)
             for seq, token, logprobs in zip(launched.sampling, result.token_ids, result.logprobs, strict=True)
             if not seq.is_finished  # stopped (or aborted) while this step was already launched
         ]
 
     def _launch(self, batch: ScheduledBatch, unread_tokens: torch.Tensor | None = None) -> LaunchedStep:
-        """Queue the batch's forward pass and sampling on the device."""
+        """Queue the batch's forward pass, sampling and scoring on the device."""
         sampling = [seq for i, seq in enumerate(batch.sequences) if batch.samples(i)]
+        scoring, targets = [], []
+        for index, seq in enumerate(batch.sequences):
+            positions = batch.score_positions(index)
+            if seq.score_from is not None:
+                scoring.append((seq, len(positions)))
+                targets.extend(seq.token_ids[p + 1] for p in positions)
         try:
             logits = self.runner.forward(batch, unread_tokens)
         except Exception:
             self.scheduler.rollback(batch)  # no slot may leak; the caller decides about the requests
             raise
         self.scheduler.advance(batch)
-        return LaunchedStep(batch, sampling, self.sampler.launch(logits, sampling))
+        sample = self.sampler.launch(logits[: len(sampling)], sampling) if sampling else None
+        scores = None
+        if targets:
+            rows = torch.log_softmax(logits[len(sampling) :], dim=-1)
+            scores = rows.gather(1, torch.tensor(targets, device=rows.device)[:, None]).squeeze(1)
+        return LaunchedStep(batch, sampling, sample, scoring, scores)
+
+    def _scored(self, launched: LaunchedStep) -> list[RequestOutput]:
+        """Collect a step's prompt logprobs; a scoring sequence whose tokens are all computed
+        finishes with them."""
+        values = launched.scores.tolist() if launched.scores is not None else []
+        outputs, offset = [], 0
+        for seq, count in launched.scoring:
+            seq.scores.extend(values[offset : offset + count])
+            offset += count
+            if seq.is_finished or seq.num_computed < len(seq.token_ids):
+                continue
+            scores = list(seq.scores)  # before finishing, which resets the sequence's state
+            self.scheduler.finish(seq, "stop")
+            self._streams.pop(seq.request_id)
+            output = self._output(seq, [], [], "")
+            output.prompt_logprobs = scores
+            outputs.append(output)
+        return outputs
 
     @staticmethod
     def _may_run_ahead(launched: LaunchedStep) -> bool:
@@ -245,6 +254,7 @@ class Engine:
     def _append_token(self, seq: Sequence, token: int, logprobs: TokenLogprobs | None) -> RequestOutput:
         """Add a sampled token, detokenize it, and finish the request if a stop condition hit."""
         seq.token_ids.append(token)
+        self.generation_tokens += 1
         stream = self._streams[seq.request_id]
         text = stream.push([token])
         reason = self._finish_reason(seq, token, stream)
@@ -271,6 +281,7 @@ class Engine:
             text=text,
             num_prompt_tokens=seq.num_prompt_tokens,
             num_output_tokens=seq.num_output_tokens,
+            num_cached_tokens=seq.cached_tokens,
             finished=seq.is_finished,
             finish_reason=seq.finish_reason,
             logprobs=logprobs,
@@ -285,103 +296,3 @@ class Engine:
             for output in self.step():
                 outputs[output.request_id].extend(output.new_token_ids)
         return outputs
-
-
-class AsyncEngine:
-    """Runs an :class:`Engine` in a daemon thread; ``generate`` streams outputs to asyncio callers."""
-
-    def __init__(self, engine: Engine, name: str) -> None:
-        self.engine = engine
-        self.name = name
-        self._inbox: queue.Queue[tuple[str, object]] = queue.Queue()
-        self._listeners: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
-        self._stopped = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"engine-{name}", daemon=True)
-        self._thread.start()
-
-    @property
-    def tokenizer(self) -> PreTrainedTokenizerBase:
-        return self.engine.tokenizer
-
-    @property
-    def max_context(self) -> int:
-        return self.engine.max_context
-
-    def check_request(self, prompt_token_ids: list[int], params: SamplingParams) -> None:
-        """Same as :meth:`Engine.check_request` (pure, safe from any thread)."""
-        self.engine.check_request(prompt_token_ids, params)
-
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[RequestOutput]:
-        """Yield the request's outputs until it finishes; closing the iterator early aborts it."""
-        self.check_request(request.prompt_token_ids, request.params)
-        outputs: asyncio.Queue = asyncio.Queue()
-        self._listeners[request.request_id] = (asyncio.get_running_loop(), outputs)
-        self._inbox.put(("add", request))
-        finished = False
-        try:
-            while not finished:
-                item = await outputs.get()
-                if isinstance(item, Exception):
-                    raise item
-                finished = item.finished
-                yield item
-        finally:
-            self._listeners.pop(request.request_id, None)
-            if not finished:
-                self._inbox.put(("abort", request.request_id))
-
-    def shutdown(self) -> None:
-        """Stop the loop thread (requests in flight are dropped)."""
-        self._stopped.set()
-        self._inbox.put(("wake", None))
-        self._thread.join(timeout=10)
-
-    def _run(self) -> None:
-        while not self._stopped.is_set():
-            self._drain_inbox(block=not self.engine.has_work)
-            if not self.engine.has_work:
-                continue
-            try:
-                outputs = self.engine.step()
-            except Exception as error:  # noqa: BLE001 - a failed step must not kill the server
-                logger.exception("engine %s step failed; failing its requests", self.name)
-                self._fail_all(error)
-                continue
-            for output in outputs:
-                self._deliver(output.request_id, output)
-
-    def _drain_inbox(self, block: bool) -> None:
-        try:
-            kind, payload = self._inbox.get(timeout=0.5) if block else self._inbox.get_nowait()
-        except queue.Empty:
-            return
-        while True:
-            self._handle(kind, payload)
-            try:
-                kind, payload = self._inbox.get_nowait()
-            except queue.Empty:
-                return
-
-    def _handle(self, kind: str, payload) -> None:
-        if kind == "add":
-            try:
-                self.engine.add_request(payload)
-            except ValueError as error:
-                self._deliver(payload.request_id, RequestError(str(error)))
-        elif kind == "abort":
-            self.engine.abort(payload)
-
-    def _fail_all(self, error: Exception) -> None:
-        for request_id in list(self._listeners):
-            self.engine.abort(request_id)
-            self._deliver(request_id, RuntimeError(f"engine failure: {error}"))
-
-    def _deliver(self, request_id: str, item: RequestOutput | Exception) -> None:
-        listener = self._listeners.get(request_id)
-        if listener is None:
-            return
-        loop, outputs = listener
-        try:
-            loop.call_soon_threadsafe(outputs.put_nowait, item)
-        except RuntimeError:  # the caller's event loop is closed
-            self._listeners.pop(request_id, None)

@@ -2,8 +2,9 @@
 
 Two plain objects over preallocated torch tensors:
 
-* :class:`ReqToTokenPool` - one row per live request, ``req_to_token[row, pos]`` is the KV slot
-  holding that request's token at position ``pos``. The attention kernels read it directly.
+* :class:`ReqToTokenPool` - one row per live request, ``req_to_token[row, i]`` is the KV slot
+  of the request's ``i``-th KV entry (its token at position ``i`` unless a sparse backend dropped
+  entries). The attention kernels read it directly.
 * :class:`KVPool` - per layer ``k[num_slots, n_kv_heads, head_dim]`` and ``v`` of the same shape,
   plus a free-slot stack. Allocation pops ``n`` slots and freeing pushes them back, both O(n)
   tensor copies with no Python loop, and since a page is one token nothing is wasted beyond the
@@ -13,26 +14,19 @@ Two plain objects over preallocated torch tensors:
 Slot 0 is never handed out: it is the padding slot that padded batch entries (CUDA graph
 buckets) write into and read from, so garbage there harms no request.
 
-How later features plug in (kept in mind by this design, not implemented here):
-
-* Radix prefix cache: slots are just integers, so a prefix tree can own slot runs and hand the
-  same slots to several requests by copying them into their ``req_to_token`` rows. Ownership is
-  then counted per tree node (a ref count per node, LRU eviction of unreferenced leaves); the
-  pool itself stays a dumb allocator, and the cache calls :meth:`KVPool.free` on eviction. The
-  scheduler's ``num_cached`` per request (tokens already in KV) is what a cache hit sets.
-* Sparse attention (H2O, Double Sparsity): per-slot side tables indexed by slot, e.g. an
-  accumulated-attention score ``[num_layers, num_slots]`` (H2O) or a label cache
-  ``[num_layers, num_slots, n_kv_heads, r]`` (Double Sparsity) are allocated next to ``k``/``v``
-  with :meth:`KVPool.add_side_table`, written at the same ``out_cache_loc`` as K/V, and read
-  through the same ``req_to_token`` indirection; evicting a token is freeing its slot and
-  compacting the request's row.
-* Multi-LoRA: KV layout is adapter-independent; the adapter index travels per request in the
-  forward batch, not in memory.
+Who owns what: the scheduler allocates slots and request rows (host integers only); each
+sequence keeps its slot ids on the host (``Sequence.kv_slots``); the prefix cache
+(``serving/prefix_cache.py``) owns shared slots and frees them here on eviction; the attention
+backend (``serving/attention.py``) is the only code that reads or writes the K/V tensors, the
+``req_to_token`` table and any side table (:meth:`KVPool.add_side_table`: H2O's accumulated
+attention ``[num_layers, num_slots]``, Double Sparsity's label cache
+``[num_layers, num_slots, n_kv_heads, r]``, written at the same slots as K/V).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 import torch
 
@@ -109,14 +103,19 @@ class KVPool:
         self._top -= count
         return self._stack[self._top : self._top + count].clone()
 
-    def free(self, slots: torch.Tensor) -> None:
-        """Push slot ids (a tensor on any device) back onto the free stack."""
-        count = slots.numel()
+    def free(self, slots: torch.Tensor | Sequence[int]) -> None:
+        """Push slot ids (host ints, or a host tensor) back onto the free stack."""
+        count = slots.numel() if isinstance(slots, torch.Tensor) else len(slots)
         if count == 0:
             return
         if self._top + count > self.capacity:
             raise RuntimeError("freeing more KV slots than were allocated (double free)")
-        self._stack[self._top : self._top + count] = slots.to("cpu", torch.int64)
+        values = (
+            slots.to(torch.int64)
+            if isinstance(slots, torch.Tensor)
+            else torch.tensor(slots, dtype=torch.int64)
+        )
+        self._stack[self._top : self._top + count] = values
         self._top += count
 
     def add_side_table(self, name: str, per_slot_shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:

@@ -1,5 +1,6 @@
-"""Runs the model on a scheduled batch: builds the :class:`ForwardBatch`, owns the KV memory,
-and replays CUDA graphs for decode batches on the GPU (one graph per batch-size bucket)."""
+"""Runs the model on a scheduled batch: builds the :class:`ForwardBatch`, allocates the KV
+memory and picks the attention backend that alone reads and writes it, and replays CUDA graphs
+for decode batches on the GPU (one graph per batch-size bucket)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from serving.attention import AttentionBackend, ForwardBatch, ForwardMode
+from serving.attention import ForwardBatch, ForwardMode, make_attention_backend
 from serving.memory import PADDING_SLOT, KVPool, ReqToTokenPool
 from serving.models import LlamaForCausalLM
 from serving.models.llama import head_dim_of
@@ -27,9 +28,15 @@ class MemoryPlan:
 
 
 class ModelRunner:
-    """Model + KV pool + request table + (on CUDA) decode CUDA graphs."""
+    """Model + KV pool + request table + attention backend + (on CUDA) decode CUDA graphs."""
 
-    def __init__(self, model: LlamaForCausalLM, plan: MemoryPlan, use_cuda_graphs: bool) -> None:
+    def __init__(
+        self,
+        model: LlamaForCausalLM,
+        plan: MemoryPlan,
+        use_cuda_graphs: bool,
+        attention_backend: str = "dense",
+    ) -> None:
         config = model.config
         param = next(model.parameters())
         self.model = model
@@ -44,14 +51,15 @@ class ModelRunner:
         )
         self.req_pool = ReqToTokenPool(plan.max_running + 1, plan.max_context, self.device)
         self.padding_row = self.req_pool.alloc()  # padded graph entries read slot 0 through it
-        self.attention = AttentionBackend(self.kv_pool, self.req_pool.req_to_token)
+        self.attention = make_attention_backend(attention_backend, self.kv_pool, self.req_pool, config)
         self.graphs: DecodeGraphs | None = None
         if use_cuda_graphs:
             self.graphs = DecodeGraphs(self, plan.max_running)
 
     @torch.inference_mode()
     def forward(self, batch: ScheduledBatch, unread_tokens: torch.Tensor | None = None) -> torch.Tensor:
-        """fp32 next-token logits for the sequences of ``batch`` that sample this step.
+        """fp32 next-token logits for the sequences of ``batch`` that sample this step, then
+        those of the positions scoring sequences score (``ScheduledBatch.score_positions``).
 
         A batch scheduled ahead (``batch.ahead``) takes its input tokens from ``unread_tokens``,
         the previous step's sampled tokens still on the device, one per sequence.
@@ -63,33 +71,39 @@ class ModelRunner:
         forward_batch = self.prepare(batch)
         if unread_tokens is not None:
             forward_batch.input_ids = unread_tokens
-        self.record_slots(forward_batch)
-        return self.model(forward_batch, self.attention)
+        return self.run(forward_batch)
 
-    def record_slots(self, batch: ForwardBatch) -> None:
-        """Write the new tokens' KV slots into ``req_to_token`` at (request row, position)."""
-        if batch.mode is ForwardMode.DECODE:
-            rows = batch.req_pool_indices
-        else:
-            rows = torch.repeat_interleave(
-                batch.req_pool_indices, batch.extend_lens, output_size=batch.input_ids.shape[0]
-            )
-        self.req_pool.req_to_token[rows, batch.positions] = batch.out_cache_loc.to(torch.int32)
+    def run(self, batch: ForwardBatch) -> torch.Tensor:
+        """The backend's per-step metadata, then the model (also what a decode graph captures)."""
+        self.attention.prepare(batch)
+        return self.model(batch, self.attention)
 
     def prepare(self, batch: ScheduledBatch) -> ForwardBatch:
         """Flatten the batch's new tokens and per-request metadata into device tensors."""
         input_ids: list[int] = []
         positions: list[int] = []
         seq_lens, q_start, logits_indices = [], [], []
+        score_rows: list[int] = []  # after the sampling rows (see Engine._launch)
+        table_rows: list[int] = []
+        table_cols: list[int] = []
+        table_slots: list[int] = []
+        extend = not batch.is_decode
         for index, (seq, count) in enumerate(zip(batch.sequences, batch.num_new_tokens, strict=True)):
-            start = seq.num_cached
+            start = seq.num_computed
             q_start.append(len(positions))
             if not batch.ahead:  # ahead, the tokens are on the device (see forward)
                 input_ids.extend(seq.token_ids[start : start + count])
             positions.extend(range(start, start + count))
-            seq_lens.append(start + count)
+            seq_lens.append(seq.num_kv)
             if batch.samples(index):
                 logits_indices.append(len(positions) - 1)
+            score_rows.extend(q_start[-1] + p - start for p in batch.score_positions(index))
+            if extend:  # slot-table entries not yet recorded (decode: just the new one, implied)
+                first = batch.table_starts[index]
+                table_rows.extend([seq.req_pool_idx] * (seq.num_kv - first))
+                table_cols.extend(range(first, seq.num_kv))
+                table_slots.extend(seq.kv_slots[first:])
+        logits_indices += score_rows
         pool_rows = [seq.req_pool_idx for seq in batch.sequences]
         fields: list[list] = [
             input_ids,
@@ -99,6 +113,9 @@ class ModelRunner:
             batch.num_new_tokens,
             q_start,
             logits_indices,
+            table_rows,
+            table_cols,
+            table_slots,
         ]
         # One host -> device copy for all fields (small copies each cost a launch and a sync).
         packed = torch.cat(
@@ -106,17 +123,20 @@ class ModelRunner:
         )
         sizes = [len(values) for values in fields] + [batch.out_cache_loc.numel()]
         parts = packed.to(self.device, non_blocking=False).split(sizes)
-        ids, pos, rows, lens, extend, starts, logits_rows, slots = parts
+        ids, pos, rows, lens, extend_lens, starts, logits_rows, t_rows, t_cols, t_slots, slots = parts
         return ForwardBatch(
-            mode=ForwardMode.DECODE if batch.is_decode else ForwardMode.EXTEND,
+            mode=ForwardMode.EXTEND if extend else ForwardMode.DECODE,
             input_ids=ids,
             positions=pos,
             out_cache_loc=slots,
             req_pool_indices=rows,
             seq_lens=lens,
-            extend_lens=extend,
+            extend_lens=extend_lens,
             q_start=starts,
             logits_indices=logits_rows,
+            table_rows=t_rows if extend else None,
+            table_cols=t_cols if extend else None,
+            table_slots=t_slots if extend else None,
         )
 
 
@@ -135,7 +155,9 @@ class DecodeGraphs:
     A batch of ``n`` requests runs in the smallest bucket ``>= n``; padding entries use the
     runner's padding request row and slot 0, so they touch no real request's KV. A replay costs
     one host -> device copy of the step's inputs (from pinned memory) and one graph launch: the
-    slot-table update, the forward and the logits all run inside the graph.
+    backend's per-step metadata (the dense backend's slot-table update), the forward and the
+    logits all run inside the graph. A backend that needs more static inputs allocates them in
+    its ``init_graph_state`` and fills them in ``prepare_replay``.
     """
 
     # Rows of the static input buffer. Padding entries hold token 0, position 0, slot 0 (the
@@ -156,6 +178,7 @@ class DecodeGraphs:
         self.copied = torch.cuda.Event()
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.outputs: dict[int, torch.Tensor] = {}
+        runner.attention.init_graph_state(size)
         self._capture_all()
 
     def _static_batch(self, size: int) -> ForwardBatch:
@@ -168,10 +191,6 @@ class DecodeGraphs:
             **fields,
         )
 
-    def _step(self, batch: ForwardBatch) -> torch.Tensor:
-        self.runner.record_slots(batch)
-        return self.runner.model(batch, self.runner.attention)
-
     @torch.inference_mode()
     def _capture_all(self) -> None:
         pool = torch.cuda.graph_pool_handle()
@@ -181,11 +200,11 @@ class DecodeGraphs:
             stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(stream):
                 for _ in range(2):
-                    self._step(batch)
+                    self.runner.run(batch)
             torch.cuda.current_stream().wait_stream(stream)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=pool):
-                self.outputs[size] = self._step(batch)
+                self.outputs[size] = self.runner.run(batch)
             self.graphs[size] = graph
         torch.cuda.synchronize()
         logger.info("captured decode CUDA graphs for batch sizes %s", self.buckets)
@@ -199,17 +218,16 @@ class DecodeGraphs:
         sequences = batch.sequences
         count = len(sequences)
         size = next(b for b in self.buckets if b >= count)
-        positions = [seq.num_cached for seq in sequences]
         view = self.host_view
         self.copied.synchronize()  # the previous step's copy out of this buffer (done by now, in practice)
         if unread_tokens is None:
-            view[0, :count] = [seq.token_ids[seq.num_cached] for seq in sequences]
-        view[1, :count] = positions
+            view[0, :count] = [seq.token_ids[seq.num_computed] for seq in sequences]
+        view[1, :count] = [seq.num_computed for seq in sequences]
         view[2, :count] = batch.out_cache_loc.numpy()
         view[3, :count] = [seq.req_pool_idx for seq in sequences]
-        view[4, :count] = positions
-        view[4, :count] += 1
+        view[4, :count] = [len(seq.kv_slots) for seq in sequences]
         view[:, count:size] = self.padding_column
+        self.runner.attention.prepare_replay(batch, size)
         self.inputs.copy_(self.host_inputs, non_blocking=True)
         self.copied.record()
         if unread_tokens is not None:

@@ -1,7 +1,8 @@
 """OpenAI-compatible HTTP API over one or more :class:`~serving.engine.AsyncEngine` s.
 
-Routes: ``/v1/chat/completions``, ``/v1/completions`` (both with SSE streaming and usage),
-``/v1/models`` and ``/health``. Errors use OpenAI's shape ``{"error": {"message", "type",
+Routes: ``/v1/chat/completions``, ``/v1/completions`` (both with SSE streaming, usage, ``n``
+choices and the ``choices`` constraint of :mod:`serving.choices`), ``/v1/models``, ``/health``
+and ``/metrics`` (Prometheus text format, per model). Errors use OpenAI's shape ``{"error": {"message", "type",
 "param", "code"}}`` with a 4xx status; a failed request never stops the server. When the client
 disconnects, its request is aborted in the engine (streaming or not).
 
@@ -15,14 +16,18 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from serving.engine import AsyncEngine, RequestError
+from serving.async_engine import AsyncEngine
+from serving.choices import ChoiceError, best_choice, scoring_requests, tokenize_choices
+from serving.engine import RequestError
 from serving.sampling import InvalidParamsError, SamplingParams, TokenLogprobs
 from serving.sequence import GenerationRequest, RequestOutput
 
@@ -70,6 +75,13 @@ class _SamplingFields(BaseModel):
     repetition_penalty: float = 1.0
     ignore_eos: bool = False
     stop_token_ids: list[int] = Field(default_factory=list)
+    # Constrained: the answer is one of these (serving/choices.py); vLLM's name is accepted too.
+    choices: list[str] | None = Field(default=None, max_length=64)
+    guided_choice: list[str] | None = Field(default=None, max_length=64)
+
+    @property
+    def constraint(self) -> list[str] | None:
+        return self.choices if self.choices is not None else self.guided_choice
 
     def sampling_params(self, max_tokens: int | None, logprobs: int | None) -> SamplingParams:
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
@@ -133,6 +145,7 @@ class Collected:
     finish_reason: str | None = None
     num_prompt_tokens: int = 0
     num_output_tokens: int = 0
+    num_cached_tokens: int = 0
 
     def add(self, output: RequestOutput) -> None:
         self.text += output.text
@@ -141,36 +154,50 @@ class Collected:
         self.finish_reason = output.finish_reason
         self.num_prompt_tokens = output.num_prompt_tokens
         self.num_output_tokens = output.num_output_tokens
+        self.num_cached_tokens = output.num_cached_tokens
 
 
-def _usage(counts: Collected | RequestOutput) -> dict:
-    """OpenAI's usage object from a finished request's token counts."""
-    prompt_tokens, completion_tokens = counts.num_prompt_tokens, counts.num_output_tokens
+def _usage(results: Sequence[Collected | RequestOutput]) -> dict:
+    """OpenAI's usage object from the finished choices' token counts (the prompt counted once)."""
+    prompt_tokens = results[0].num_prompt_tokens
+    completion_tokens = sum(r.num_output_tokens for r in results)
     return {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": results[0].num_cached_tokens},
     }
 
 
-def _envelope(request: GenerationRequest, object_name: str, created: int, model: str, choices: list[dict]) -> dict:
+def _envelope(
+    request: GenerationRequest, object_name: str, created: int, model: str, choices: list[dict]
+) -> dict:
     """The fields every response body and stream chunk of both endpoints shares."""
-    return {"id": request.request_id, "object": object_name, "created": created, "model": model, "choices": choices}
+    return {
+        "id": request.request_id,
+        "object": object_name,
+        "created": created,
+        "model": model,
+        "choices": choices,
+    }
 
 
-def _completion_response(object_name: str, request: GenerationRequest, model: str, choice: dict,
-                         result: Collected) -> dict:
-    """The non-streaming response body: one choice plus token usage."""
-    return _envelope(request, object_name, int(time.time()), model, [choice]) | {"usage": _usage(result)}
+def _completion_response(
+    object_name: str, request: GenerationRequest, model: str, choices: list[dict], results: list[Collected]
+) -> dict:
+    """The non-streaming response body: the choices plus token usage."""
+    return _envelope(request, object_name, int(time.time()), model, choices) | {"usage": _usage(results)}
 
 
-async def _collect(engine: AsyncEngine, request: GenerationRequest, http_request: Request) -> Collected:
-    """Run a request to the end; abort it if the client disconnects first."""
-    collected = Collected()
+async def _collect(
+    streams: list[AsyncIterator[RequestOutput]], request: GenerationRequest, http_request: Request
+) -> list[Collected]:
+    """Run every choice of a request to the end; abort them if the client disconnects first."""
+    collected = [Collected() for _ in streams]
 
     async def drain() -> None:
-        async for output in engine.generate(request):
-            collected.add(output)
+        async for index, output in _merged(streams):
+            collected[index].add(output)
 
     task = asyncio.create_task(drain())
     while not task.done():
@@ -184,6 +211,40 @@ async def _collect(engine: AsyncEngine, request: GenerationRequest, http_request
     except (ValueError, RuntimeError) as error:
         raise _as_openai_error(error, request.request_id) from None
     return collected
+
+
+async def _merged(streams: list[AsyncIterator[RequestOutput]]) -> AsyncIterator[tuple[int, RequestOutput]]:
+    """The outputs of several streams as they come, each with its stream's index. Closing
+    this iterator (or a failure in one stream) closes them all, which aborts their requests."""
+    if len(streams) == 1:
+        async for output in streams[0]:
+            yield 0, output
+        return
+    queue: asyncio.Queue[tuple[int, RequestOutput | BaseException | None]] = asyncio.Queue()
+
+    async def pump(index: int, stream: AsyncIterator[RequestOutput]) -> None:
+        try:
+            async for output in stream:
+                await queue.put((index, output))
+        except Exception as error:  # noqa: BLE001 - handed to the consumer below
+            await queue.put((index, error))
+        await queue.put((index, None))
+
+    tasks = [asyncio.create_task(pump(i, stream)) for i, stream in enumerate(streams)]
+    try:
+        remaining = len(tasks)
+        while remaining:
+            index, item = await queue.get()
+            if item is None:
+                remaining -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield index, item
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _as_openai_error(error: ValueError | RuntimeError, request_id: str) -> OpenAIError:
@@ -267,18 +328,23 @@ def create_app(engines: dict[str, AsyncEngine]) -> FastAPI:
         prompt_ids = _chat_prompt(engine, body.messages)
         logprobs = (body.top_logprobs or 0) if body.logprobs else None
         params = body.sampling_params(body.max_completion_tokens or body.max_tokens, logprobs)
-        request = _generation_request("chatcmpl", prompt_ids, params, engine, body.n)
+        request = GenerationRequest(f"chatcmpl-{uuid.uuid4().hex}", prompt_ids, params)
+        streams = _start(engine, request, body)
         if body.stream:
-            return StreamingResponse(_stream_chat(engine, request, body), media_type="text/event-stream")
-        result = await _collect(engine, request, http_request)
-        message = {"role": "assistant", "content": result.text}
-        choice = {
-            "index": 0,
-            "message": message,
-            "logprobs": _chat_logprobs(engine, result.logprobs) if logprobs is not None else None,
-            "finish_reason": result.finish_reason,
-        }
-        return _completion_response("chat.completion", request, body.model, choice, result)
+            return StreamingResponse(
+                _stream_chat(engine, request, streams, body), media_type="text/event-stream"
+            )
+        results = await _collect(streams, request, http_request)
+        choices = [
+            {
+                "index": index,
+                "message": {"role": "assistant", "content": result.text},
+                "logprobs": _chat_logprobs(engine, result.logprobs) if logprobs is not None else None,
+                "finish_reason": result.finish_reason,
+            }
+            for index, result in enumerate(results)
+        ]
+        return _completion_response("chat.completion", request, body.model, choices, results)
 
     @app.post("/v1/completions")
     async def completions(http_request: Request):
@@ -286,23 +352,33 @@ def create_app(engines: dict[str, AsyncEngine]) -> FastAPI:
         engine = _engine(engines, body.model)
         prompt_ids = _completion_prompt(engine, body.prompt)
         params = body.sampling_params(body.max_tokens or 16, body.logprobs)
-        request = _generation_request("cmpl", prompt_ids, params, engine, body.n)
+        request = GenerationRequest(f"cmpl-{uuid.uuid4().hex}", prompt_ids, params)
+        streams = _start(engine, request, body)
         prefix = str(engine.tokenizer.decode(prompt_ids)) if body.echo else ""
         if body.stream:
             return StreamingResponse(
-                _stream_completion(engine, request, body, prefix), media_type="text/event-stream"
+                _stream_completion(engine, request, streams, body, prefix), media_type="text/event-stream"
             )
-        result = await _collect(engine, request, http_request)
-        choice = {
-            "index": 0,
-            "text": prefix + result.text,
-            "logprobs": _completion_logprobs(engine, result.logprobs, len(prefix))
-            if body.logprobs is not None
-            else None,
-            "finish_reason": result.finish_reason,
-        }
-        return _completion_response("text_completion", request, body.model, choice, result)
+        results = await _collect(streams, request, http_request)
+        choices = [
+            {
+                "index": index,
+                "text": prefix + result.text,
+                "logprobs": _completion_logprobs(engine, result.logprobs, len(prefix))
+                if body.logprobs is not None
+                else None,
+                "finish_reason": result.finish_reason,
+            }
+            for index, result in enumerate(results)
+        ]
+        return _completion_response("text_completion", request, body.model, choices, results)
 
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(app.state.metrics_registry), media_type=CONTENT_TYPE_LATEST)
+
+    app.state.metrics_registry = CollectorRegistry()
+    app.state.metrics_registry.register(EngineMetrics(engines))
     return app
 
 
@@ -358,85 +434,189 @@ def _completion_prompt(engine: AsyncEngine, prompt: str | list[int] | list[str])
     return token_ids
 
 
-def _generation_request(
-    prefix: str, prompt_ids: list[int], params: SamplingParams, engine: AsyncEngine, n: int
-) -> GenerationRequest:
-    """Check the request against the engine; OpenAIError 400 when it cannot be served."""
-    if n != 1:
-        raise OpenAIError(400, "only n=1 is supported", param="n")
+MAX_N = 16
+
+
+def _start(
+    engine: AsyncEngine, request: GenerationRequest, body: _SamplingFields
+) -> list[AsyncIterator[RequestOutput]]:
+    """Hand the request to the engine, which validates it: ``n`` sibling requests (the prompt's
+    KV shared through the prefix cache; with a seed, sibling ``i`` draws with ``seed + i``), or
+    one constrained choice. OpenAIError 400 when it cannot be served."""
+    if not 1 <= body.n <= MAX_N:
+        raise OpenAIError(400, f"n must be in [1, {MAX_N}]", param="n")
+    choices = body.constraint
+    if choices is not None and body.n != 1:
+        raise OpenAIError(400, "choices returns one answer: use n=1", param="n")
     try:
-        engine.check_request(prompt_ids, params)
+        if choices is not None:
+            return [_choose(engine, request, choices)]
+        if body.n == 1:
+            return [engine.generate(request)]
+        return [engine.generate(sibling) for sibling in _siblings(request, body.n)]
     except InvalidParamsError as error:
         raise OpenAIError(400, str(error)) from None
+    except ChoiceError as error:
+        raise OpenAIError(400, str(error), param="choices") from None
     except RequestError as error:
         code = "context_length_exceeded" if "context length" in str(error) else None
         raise OpenAIError(400, str(error), code=code, param="messages" if code else None) from None
-    return GenerationRequest(f"{prefix}-{uuid.uuid4().hex}", prompt_ids, params)
+
+
+def _siblings(request: GenerationRequest, n: int) -> list[GenerationRequest]:
+    params = request.params
+    return [
+        GenerationRequest(
+            f"{request.request_id}-{index}",
+            request.prompt_token_ids,
+            replace(params, seed=None if params.seed is None else params.seed + index),
+            request.extra_key,
+        )
+        for index in range(n)
+    ]
+
+
+def _choose(
+    engine: AsyncEngine, request: GenerationRequest, choices: list[str]
+) -> AsyncIterator[RequestOutput]:
+    """Score every choice (validated now) and stream the best one as a single final output."""
+    choice_ids = tokenize_choices(engine.tokenizer, choices)
+    scoring = scoring_requests(request.request_id, request.prompt_token_ids, choice_ids, request.extra_key)
+    streams = [engine.generate(r) for r in scoring]
+    return _chosen(request, choices, choice_ids, streams)
+
+
+async def _chosen(
+    request: GenerationRequest,
+    choices: list[str],
+    choice_ids: list[list[int]],
+    streams: list[AsyncIterator[RequestOutput]],
+) -> AsyncIterator[RequestOutput]:
+    scores: list[list[float]] = [[] for _ in streams]
+    cached = 0
+    async for index, output in _merged(streams):
+        scores[index].extend(output.prompt_logprobs)
+        if index == 0:
+            cached = output.num_cached_tokens
+    best = best_choice(scores)
+    yield RequestOutput(
+        request_id=request.request_id,
+        new_token_ids=choice_ids[best],
+        text=choices[best],
+        num_prompt_tokens=len(request.prompt_token_ids),
+        num_output_tokens=len(choice_ids[best]),
+        num_cached_tokens=cached,
+        finished=True,
+        finish_reason="stop",
+    )
 
 
 async def _stream_chat(
-    engine: AsyncEngine, request: GenerationRequest, body: ChatCompletionRequest
+    engine: AsyncEngine,
+    request: GenerationRequest,
+    streams: list[AsyncIterator[RequestOutput]],
+    body: ChatCompletionRequest,
 ) -> AsyncIterator[str]:
     created = int(time.time())
 
-    def chunk(delta: dict, finish_reason: str | None = None, logprobs: dict | None = None) -> dict:
-        choice = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
+    def chunk(
+        index: int, delta: dict, finish_reason: str | None = None, logprobs: dict | None = None
+    ) -> dict:
+        choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
         return _envelope(request, "chat.completion.chunk", created, body.model, [choice])
 
-    yield _sse(chunk({"role": "assistant", "content": ""}))
-    last: RequestOutput | None = None
-    async for output in _outputs(engine, request):
+    for index in range(len(streams)):
+        yield _sse(chunk(index, {"role": "assistant", "content": ""}))
+    last: dict[int, RequestOutput] = {}
+    async for index, output in _outputs(streams, request):
         if isinstance(output, OpenAIError):
             yield _sse(output.body())
             break
-        last = output
+        last[index] = output
         logprobs = _chat_logprobs(engine, output.logprobs) if request.params.logprobs is not None else None
         if output.text or logprobs:
-            yield _sse(chunk({"content": output.text}, logprobs=logprobs))
+            yield _sse(chunk(index, {"content": output.text}, logprobs=logprobs))
         if output.finished:
-            yield _sse(chunk({}, output.finish_reason))
-    if last is not None and body.include_usage_in_stream:
-        yield _sse(chunk({}) | {"choices": [], "usage": _usage(last)})
+            yield _sse(chunk(index, {}, output.finish_reason))
+    if last and body.include_usage_in_stream:
+        yield _sse(chunk(0, {}) | {"choices": [], "usage": _usage(list(last.values()))})
     yield _sse("[DONE]")
 
 
 async def _stream_completion(
-    engine: AsyncEngine, request: GenerationRequest, body: CompletionRequest, prefix: str
+    engine: AsyncEngine,
+    request: GenerationRequest,
+    streams: list[AsyncIterator[RequestOutput]],
+    body: CompletionRequest,
+    prefix: str,
 ) -> AsyncIterator[str]:
     created = int(time.time())
-    offset = len(prefix)
+    offsets = [len(prefix)] * len(streams)
 
-    def chunk(text: str, finish_reason: str | None = None, logprobs: dict | None = None) -> dict:
-        choice = {"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}
+    def chunk(index: int, text: str, finish_reason: str | None = None, logprobs: dict | None = None) -> dict:
+        choice = {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}
         return _envelope(request, "text_completion", created, body.model, [choice])
 
     if prefix:
-        yield _sse(chunk(prefix))
-    last: RequestOutput | None = None
-    async for output in _outputs(engine, request):
+        for index in range(len(streams)):
+            yield _sse(chunk(index, prefix))
+    last: dict[int, RequestOutput] = {}
+    async for index, output in _outputs(streams, request):
         if isinstance(output, OpenAIError):
             yield _sse(output.body())
             break
-        last = output
+        last[index] = output
         logprobs = None
         if body.logprobs is not None:
-            logprobs = _completion_logprobs(engine, output.logprobs, offset)
-        offset += len(output.text)
+            logprobs = _completion_logprobs(engine, output.logprobs, offsets[index])
+        offsets[index] += len(output.text)
         if output.text or logprobs or output.finished:
-            yield _sse(chunk(output.text, output.finish_reason, logprobs))
-    if last is not None and body.include_usage_in_stream:
-        yield _sse(chunk("") | {"choices": [], "usage": _usage(last)})
+            yield _sse(chunk(index, output.text, output.finish_reason, logprobs))
+    if last and body.include_usage_in_stream:
+        yield _sse(chunk(0, "") | {"choices": [], "usage": _usage(list(last.values()))})
     yield _sse("[DONE]")
 
 
 async def _outputs(
-    engine: AsyncEngine, request: GenerationRequest
-) -> AsyncIterator[RequestOutput | OpenAIError]:
+    streams: list[AsyncIterator[RequestOutput]], request: GenerationRequest
+) -> AsyncIterator[tuple[int, RequestOutput | OpenAIError]]:
     """The engine's outputs, a failure turned into a final OpenAI error (the headers are already
     sent, so it goes into the stream). A client disconnect cancels the response task, which
-    closes the engine iterator and so aborts the request."""
+    closes the engine iterators and so aborts the requests."""
     try:
-        async for output in engine.generate(request):
-            yield output
+        async for index, output in _merged(streams):
+            yield index, output
     except (ValueError, RuntimeError) as error:
-        yield _as_openai_error(error, request.request_id)
+        yield 0, _as_openai_error(error, request.request_id)
+
+
+class EngineMetrics:
+    """A Prometheus collector reading every engine's counters and gauges at scrape time."""
+
+    COUNTERS = (
+        (
+            "serving_prefix_cache_hit_tokens",
+            "Prompt tokens whose KV came from the prefix cache",
+            "cached_tokens",
+        ),
+        ("serving_prompt_tokens", "Prompt tokens of admitted requests", "prompt_tokens"),
+        ("serving_generation_tokens", "Output tokens generated", "generation_tokens"),
+    )
+    GAUGES = (
+        ("serving_kv_slots_used", "KV token slots in use (cached prefixes included)", "kv_slots_used"),
+        ("serving_kv_slots_total", "KV token slots of the pool", "kv_slots_total"),
+        ("serving_requests_running", "Requests being decoded or prefilled", "requests_running"),
+        ("serving_requests_waiting", "Requests queued", "requests_waiting"),
+    )
+
+    def __init__(self, engines: dict[str, AsyncEngine]) -> None:
+        self.engines = engines
+
+    def collect(self) -> Iterator[Metric]:
+        stats = {name: engine.engine.stats() for name, engine in sorted(self.engines.items())}
+        for family, kinds in ((CounterMetricFamily, self.COUNTERS), (GaugeMetricFamily, self.GAUGES)):
+            for metric_name, documentation, field_name in kinds:
+                metric = family(metric_name, documentation, labels=["model"])
+                for model, snapshot in stats.items():
+                    metric.add_metric([model], getattr(snapshot, field_name))
+                yield metric

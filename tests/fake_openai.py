@@ -62,8 +62,9 @@ class Reply:
     """What the fake endpoint answers: text, or an HTTP error, optionally after a delay."""
 
     text: str = ""
-    finish_reason: str = "stop"
+    finish_reason: str | None = "stop"  # None: the stream ends without one (a truncated answer)
     delay_s: float = 0.0
+    word_delay_s: float = 0.0  # pause before each streamed word after the first (a slow model)
     status: int = 200
     error_message: str = "fake error"
     prompt_tokens: int | None = None
@@ -196,6 +197,8 @@ class FakeOpenAI:
         words = reply.text.split(" ")
         for index, word in enumerate(words):
             piece = word if index == 0 else " " + word
+            if index and reply.word_delay_s:
+                await asyncio.sleep(reply.word_delay_s)
             yield _sse_event(_chunk(completion_id, request.model, {"content": piece}, None))
         yield _sse_event(_chunk(completion_id, request.model, {}, reply.finish_reason))
         if (request.body.get("stream_options") or {}).get("include_usage"):

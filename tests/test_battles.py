@@ -318,6 +318,7 @@ async def test_leaving_mid_stream_stores_the_interrupted_turn(db_sessions, tmp_p
         service = make_service(db_sessions, server.base_url, tmp_path)
         battle = service.create_battle("visitor-16")
         stream = service.play_turn(battle.id, "visitor-16", "long answer please")
+        assert not (await anext(stream)).done  # the turn started: the models are asked
         waiting = asyncio.ensure_future(anext(stream))
         await asyncio.sleep(0.5)
         waiting.cancel()  # the visitor closed the tab: the server cancels the request

@@ -75,3 +75,10 @@ def test_arena_help_loads_neither_sqlalchemy_nor_httpx() -> None:
     probe = "import sys, arena.cli; print(sorted(m for m in ('sqlalchemy', 'httpx', 'pandas') if m in sys.modules))"
     run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=REPO_ROOT)
     assert run.stdout.strip() == "[]"
+
+
+def test_arena_serve_lists_the_schedulers_policies() -> None:
+    from serving.__main__ import SCHEDULE_POLICIES
+    from serving.scheduler import SCHEDULE_POLICIES as SCHEDULER_POLICIES
+
+    assert SCHEDULE_POLICIES == SCHEDULER_POLICIES

@@ -71,6 +71,8 @@ Everything lands in --out-dir (env ARENA_MT_BENCH_DIR): model_answer/<model>.jso
 )
 app.add_typer(mt_bench, name="mt-bench")
 
+# What our engine's /v1/models says it is: its `choices` constraint makes every verdict parseable.
+SERVING_OWNER = "arena-serving"
 DEFAULT_OUT_DIR = REPO_ROOT / "data" / "runs" / "mt_bench"  # results.default_out_dir() without the env
 
 OutDir = Annotated[
@@ -262,11 +264,12 @@ def judge_command(
         int, typer.Option(min=0, help="Re-asks (with a format reminder) when the verdict is unparseable.")
     ] = 2,
     guided_choice: Annotated[
-        bool,
+        bool | None,
         typer.Option(
-            help="On re-asks, send `guided_choice` (vLLM / our engine) so the verdict is constrained to valid choices."
+            help="On re-asks, send `guided_choice` (vLLM / our engine) so the verdict is constrained to valid "
+            "choices. Default: on when the judge is served by our engine (arena-serve)."
         ),
-    ] = False,
+    ] = None,
     retry_unparseable: Annotated[
         bool, typer.Option(help="Judge again the cached judgments that were unparseable.")
     ] = False,
@@ -293,12 +296,11 @@ def judge_command(
         price_table = PriceTable.load(prices)
     policy = _policy(concurrency, timeout, max_attempts, backoff)
     meter = UsageMeter()
-    parse = ParsePolicy(
-        retries=parse_retries, guided_choice=guided_choice, retry_unparseable=retry_unparseable
-    )
 
     async def run() -> JudgeStats:
         client = ChatClient.for_model(spec, timeout_s=policy.timeout_s, max_retries=policy.client_retries)
+        guided = guided_choice if guided_choice is not None else await client.owned_by() == SERVING_OWNER
+        parse = ParsePolicy(retries=parse_retries, guided_choice=guided, retry_unparseable=retry_unparseable)
         try:
             with progress_bar(f"judging ({mode.value})", len(plan.tasks)) as bar:
                 return await run_judgments(plan, client, store, policy, meter, parse, on_done=bar.advance)

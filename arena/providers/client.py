@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -85,6 +85,16 @@ class ChatClient:
     async def close(self) -> None:
         await self._client.close()
 
+    async def owned_by(self) -> str | None:
+        """Who serves this model, as the endpoint's ``/models`` says (``"arena-serving"`` for
+        our engine); None when the endpoint does not list it or cannot be asked."""
+        try:
+            models = await self._client.models.list()
+        except openai.OpenAIError as exc:
+            logger.info("could not list the models of %s: %s", self.base_url, exc)
+            return None
+        return next((m.owned_by for m in models.data if m.id == self.model_id), None)
+
     async def chat(
         self,
         messages: list[Message],
@@ -130,7 +140,7 @@ class ChatClient:
         seed: int | None = None,
         stop: list[str] | None = None,
         extra_body: dict[str, Any] | None = None,
-    ) -> AsyncIterator[StreamChunk]:
+    ) -> AsyncGenerator[StreamChunk, None]:
         """Stream an answer; the last chunk carries the :class:`ChatResult`.
 
         Stopping the iteration (or cancelling the task) closes the HTTP stream, so the

@@ -13,10 +13,14 @@ Each ``[[models]]`` table names one model and the OpenAI-compatible endpoint ser
     organization = "Arena demo"
     license = "Apache-2.0"
     tags = ["open", "demo"]                    # e.g. open/proprietary, release-ok
+
+A model served through the inference gateway (``serving/gateway``) is tagged ``gateway``: it must have
+``weight = 0`` and can't be picked for a named battle (cached, routed answers would skew the votes).
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tomllib
@@ -62,7 +66,13 @@ class ModelSpec:
     def is_open(self) -> bool:
         return "open" in self.tags
 
+    @property
+    def is_gateway(self) -> bool:
+        """A virtual model of the inference gateway (cached and routed answers): never in battles."""
+        return GATEWAY_TAG in self.tags
 
+
+GATEWAY_TAG = "gateway"
 _KNOWN_FIELDS = {f for f in ModelSpec.__dataclass_fields__}
 _HEADER = re.compile(r"^[ \t]*\[\[[ \t]*models[ \t]*\]\]", re.MULTILINE)
 
@@ -110,7 +120,7 @@ class ModelRegistry(Mapping[str, ModelSpec]):
         tables = data.get("models")
         if not isinstance(tables, list) or not tables:
             raise RegistryError(f"{source}: no [[models]] tables found")
-        header_lines = [text.count("\n", 0, m.start()) + 1 for m in _HEADER.finditer(text)]
+        header_lines = _header_lines(text)
         specs = []
         for index, table in enumerate(tables):
             line = header_lines[index] if index < len(header_lines) else 0
@@ -124,10 +134,31 @@ class ModelRegistry(Mapping[str, ModelSpec]):
     def from_toml(cls, path: str | Path) -> ModelRegistry:
         path = Path(path)
         try:
-            text = path.read_text(encoding="utf-8")
+            data = path.read_bytes()
         except OSError as exc:
             raise RegistryError(f"cannot read model registry {path}: {exc}") from exc
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            line = data.count(b"\n", 0, exc.start) + 1
+            raise RegistryError(f"{path}:{line}: not UTF-8 (byte {data[exc.start]:#04x}); save the file as UTF-8") from None
         return cls.from_toml_text(text, str(path))
+
+
+def _header_lines(text: str) -> list[int]:
+    """The line of each real ``[[models]]`` header, skipping look-alikes inside multi-line strings.
+
+    A candidate line is a real header when the text before it is a complete TOML document
+    (it is not inside an open string or array).
+    """
+    lines = []
+    for match in _HEADER.finditer(text):
+        try:
+            tomllib.loads(text[: match.start()])
+        except tomllib.TOMLDecodeError:
+            continue
+        lines.append(text.count("\n", 0, match.start()) + 1)
+    return lines
 
 
 def _spec_from_table(table: dict[str, Any], where: str) -> ModelSpec:
@@ -137,11 +168,14 @@ def _spec_from_table(table: dict[str, Any], where: str) -> ModelSpec:
     for required in ("name", "base_url"):
         if not isinstance(table.get(required), str) or not table[required].strip():
             raise RegistryError(f"{where}: [[models]] needs a non-empty string {required!r}")
+    for optional in ("model_id", "api_key_env", "organization", "license"):
+        if optional in table and not isinstance(table[optional], str):
+            raise RegistryError(f"{where}: {optional} must be a string, got {table[optional]!r}")
     weight = table.get("weight", 1.0)
-    if not isinstance(weight, int | float) or weight < 0:
-        raise RegistryError(f"{where}: weight must be a number >= 0, got {weight!r}")
+    if isinstance(weight, bool) or not isinstance(weight, int | float) or not math.isfinite(weight) or weight < 0:
+        raise RegistryError(f"{where}: weight must be a finite number >= 0, got {weight!r}")
     max_tokens = table.get("max_tokens", 512)
-    if not isinstance(max_tokens, int) or max_tokens <= 0:
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens <= 0:
         raise RegistryError(f"{where}: max_tokens must be a positive integer, got {max_tokens!r}")
     context_tokens = table.get("context_tokens")
     if context_tokens is not None and (
@@ -152,6 +186,11 @@ def _spec_from_table(table: dict[str, Any], where: str) -> ModelSpec:
     tags = table.get("tags", [])
     if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
         raise RegistryError(f"{where}: tags must be a list of strings")
+    if GATEWAY_TAG in tags and weight != 0:
+        raise RegistryError(
+            f"{where}: {table['name']!r} is a gateway virtual model (tag {GATEWAY_TAG!r}); its answers are cached "
+            "and routed, so it can't take part in battles: set weight = 0 to offer it for direct chat only"
+        )
     return ModelSpec(
         name=table["name"],
         base_url=table["base_url"].rstrip("/"),

@@ -117,15 +117,15 @@ def _battle_panel(service: ArenaService, identity: VisitorIdentity, mode: str, p
         try:
             visitor = visitor_id_of_gradio(request, identity)
             if current is None:
-                view = service.create_battle(visitor, mode, pick_a, pick_b)
+                view = await service.run_blocking(service.create_battle, visitor, mode, pick_a, pick_b)
                 current = view.id
             else:
-                view = service.get_battle(current)
+                view = await service.run_blocking(service.get_battle, current)
             updates = service.play_turn(current, visitor, text)
             async for update in updates:
                 yield _render_turn(view, text, update, current, mode)
         except (ArenaError, PermissionError) as exc:
-            yield _render_error(service, current, exc, text, mode)
+            yield await service.run_blocking(_render_error, service, current, exc, text, mode)
 
     async def on_regenerate(current: str | None, request: gr.Request) -> AsyncIterator[tuple]:
         if current is None:
@@ -133,12 +133,12 @@ def _battle_panel(service: ArenaService, identity: VisitorIdentity, mode: str, p
             return
         try:
             visitor = visitor_id_of_gradio(request, identity)
-            view = service.get_battle(current)
+            view = await service.run_blocking(service.get_battle, current)
             last_prompt = _drop_last_turn(view)
             async for update in service.regenerate(current, visitor):
                 yield _render_turn(view, last_prompt, update, current, mode)
         except (ArenaError, PermissionError) as exc:
-            yield _render_error(service, current, exc, "", mode)
+            yield await service.run_blocking(_render_error, service, current, exc, "", mode)
 
     def on_vote(choice: str) -> Callable[..., tuple]:
         def handler(current: str | None, request: gr.Request) -> tuple:
@@ -280,7 +280,7 @@ def _chat_panel(service: ArenaService, identity: VisitorIdentity) -> None:
         history = list(history or [])
         try:
             visitor = visitor_id_of_gradio(request, identity)
-            current = current or service.create_chat(visitor, chosen)
+            current = current or await service.run_blocking(service.create_chat, visitor, chosen)
             async for state in service.chat_turn(current, visitor, text):
                 answer = state.text + (f"\n\n**Error:** {state.error}" if state.error else "")
                 shown = history + [{"role": "user", "content": text}, {"role": "assistant", "content": answer or "…"}]

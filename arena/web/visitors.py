@@ -31,10 +31,12 @@ class VisitorCookieMiddleware:
         assert token is not None
         scope.setdefault("state", {})["visitor_id"] = self.identity.visitor_id(token)
 
+        secure = "; Secure" if scope.get("scheme") == "https" else ""  # served over HTTPS (or behind a TLS proxy)
+
         async def send_with_cookie(message: Message) -> None:
             if new_cookie is not None and message["type"] == "http.response.start":
                 header = (
-                    f"{COOKIE_NAME}={new_cookie}; Path=/; Max-Age={COOKIE_MAX_AGE_S}; HttpOnly; SameSite=Lax"
+                    f"{COOKIE_NAME}={new_cookie}; Path=/; Max-Age={COOKIE_MAX_AGE_S}; HttpOnly; SameSite=Lax{secure}"
                 )
                 message.setdefault("headers", []).append((b"set-cookie", header.encode()))
             await send(message)

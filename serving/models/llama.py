@@ -62,11 +62,16 @@ class LlamaMLP(nn.Module):
 
 
 class LlamaAttention(nn.Module):
-    """Grouped-query attention: fused qkv projection, rotary, paged attention, output projection."""
+    """Grouped-query attention: fused qkv projection, the backend's rotary + KV store + paged
+    attention, output projection. It is the backend's ``AttentionLayer``: layer index, scale,
+    rotary table (shared by all layers, set by ``init_rotary``) and q/k norms."""
+
+    is_neox = True
 
     def __init__(self, config, layer_id: int) -> None:
         super().__init__()
         self.layer_id = layer_id
+        self.cos_sin_cache = torch.empty(0)  # the model's table, set by LlamaForCausalLM.init_rotary
         self.num_heads = config.num_attention_heads
         self.num_kv_heads = config.num_key_value_heads
         self.head_dim = head_dim_of(config)
@@ -96,25 +101,15 @@ class LlamaAttention(nn.Module):
         """Per-head q/k RMSNorm weights and eps (Qwen3), applied before rotary; Llama has none."""
         return None, None, 0.0
 
-    def forward(
-        self,
-        positions: torch.Tensor,
-        hidden: torch.Tensor,
-        batch: ForwardBatch,
-        attention: AttentionBackend,
-        cos_sin_cache: torch.Tensor,
-    ) -> torch.Tensor:
+    def forward(self, hidden: torch.Tensor, batch: ForwardBatch, attention: AttentionBackend) -> torch.Tensor:
+        """Project q/k/v, let the backend apply rotary, store K/V and attend, project the output."""
         num_tokens = hidden.shape[0]
         qkv = kernels.linear(hidden, self.qkv_proj.weight, self.qkv_proj.bias)
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q = q.reshape(num_tokens, self.num_heads, self.head_dim)
         k = k.reshape(num_tokens, self.num_kv_heads, self.head_dim)
         v = v.reshape(num_tokens, self.num_kv_heads, self.head_dim)
-        k_cache, v_cache = attention.kv_cache(self.layer_id)
-        q = kernels.rotary_store_kv(
-            q, k, v, positions, cos_sin_cache, k_cache, v_cache, batch.out_cache_loc, True, *self.qk_norm()
-        )
-        out = attention.forward(self.layer_id, q, batch, self.scale)
+        out = attention.forward(self, q, k, v, batch)
         return kernels.linear(out.reshape(num_tokens, self.q_size), self.o_proj.weight, self.o_proj.bias)
 
 
@@ -130,13 +125,13 @@ class LlamaDecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
-    def forward(self, positions, hidden, residual, batch, attention, cos_sin_cache):
+    def forward(self, hidden, residual, batch, attention):
         if residual is None:
             residual = hidden
             hidden = self.input_layernorm(hidden)
         else:
             hidden, residual = self.input_layernorm(hidden, residual)
-        hidden = self.self_attn(positions, hidden, batch, attention, cos_sin_cache)
+        hidden = self.self_attn(hidden, batch, attention)
         hidden, residual = self.post_attention_layernorm(hidden, residual)
         return self.mlp(hidden), residual
 
@@ -152,11 +147,11 @@ class LlamaModel(nn.Module):
         self.layers = nn.ModuleList(self.layer_cls(config, i) for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
-    def forward(self, batch: ForwardBatch, attention: AttentionBackend, cos_sin_cache) -> torch.Tensor:
+    def forward(self, batch: ForwardBatch, attention: AttentionBackend) -> torch.Tensor:
         hidden = self.embed_tokens(batch.input_ids)
         residual = None
         for layer in self.layers:
-            hidden, residual = layer(batch.positions, hidden, residual, batch, attention, cos_sin_cache)
+            hidden, residual = layer(hidden, residual, batch, attention)
         hidden, _ = self.norm(hidden, residual)
         return hidden
 
@@ -179,11 +174,13 @@ class LlamaForCausalLM(nn.Module):
     def init_rotary(self, max_positions: int, device: torch.device | str) -> None:
         """Build the fp32 cos|sin table (after weights are materialised on ``device``)."""
         self.cos_sin_cache = build_cos_sin_cache(self.config, head_dim_of(self.config), max_positions, device)
+        for layer in self.model.layers:
+            layer.self_attn.cos_sin_cache = self.cos_sin_cache
 
     def forward(self, batch: ForwardBatch, attention: AttentionBackend) -> torch.Tensor:
         if self.cos_sin_cache is None:
             raise RuntimeError("call init_rotary() before forward()")
-        hidden = self.model(batch, attention, self.cos_sin_cache)
+        hidden = self.model(batch, attention)
         return kernels.linear(hidden[batch.logits_indices], self.lm_head.weight).float()
 
     def fused_param_target(self, hf_name: str) -> tuple[str, slice] | None:

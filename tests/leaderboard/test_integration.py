@@ -12,11 +12,10 @@ import pytest
 from sqlalchemy import update
 from typer.testing import CliRunner
 
-from arena.battles import ArenaError, make_pair_sampler
+from arena.battles import ActivePairSampler, ArenaError, make_pair_sampler
 from arena.cli import app
 from arena.db.models import Battle, BattleStatus, Model, Vote
 from arena.db.session import get_engine, session_factory
-from arena.leaderboard.active_sampler import ActivePairSampler
 from arena.leaderboard.job import LeaderboardOptions, compute_leaderboards
 from arena.leaderboard.refresher import LeaderboardRefresher, RefreshPolicy, votes_since
 from arena.leaderboard.view import latest_view

@@ -81,3 +81,35 @@ def test_malformed_files_name_the_line(tmp_path, text: str, message: str) -> Non
 def test_unknown_model_is_a_clear_error() -> None:
     with pytest.raises(UnknownModelError, match="unknown model 'nope'"):
         ModelRegistry.from_toml_text(GOOD)["nope"]
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ("weight = inf", r"models.toml:4: weight must be a finite number >= 0, got inf"),
+        ("weight = nan", r"models.toml:4: weight must be a finite number >= 0, got nan"),
+        ("weight = true", r"models.toml:4: weight must be a finite number >= 0, got True"),
+        ("max_tokens = true", r"models.toml:4: max_tokens must be a positive integer, got True"),
+        ("organization = 3", r"models.toml:4: organization must be a string, got 3"),
+    ],
+)
+def test_numbers_that_are_not_numbers_are_refused(tmp_path, fields: str, message: str) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "models.toml"
+    path.write_text(f'[[models]]\nname = "a"\nbase_url = "http://x"\n[[models]]\nname = "b"\nbase_url = "y"\n{fields}\n')
+    with pytest.raises(RegistryError, match=message):
+        ModelRegistry.from_toml(path)
+
+
+def test_a_header_inside_a_string_does_not_shift_the_line(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "models.toml"
+    path.write_text('[[models]]\nname = "a"\nbase_url = "http://x"\norganization = """\n[[models]]\n"""\n\n'
+                    '[[models]]\nname = "b"\nweight = -2\nbase_url = "http://y"\n')
+    with pytest.raises(RegistryError, match=r"models.toml:8: weight"):
+        ModelRegistry.from_toml(path)
+
+
+def test_a_file_that_is_not_utf8_names_its_line(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "models.toml"
+    path.write_bytes(b'[[models]]\nname = "a"\norganization = "Caf\xe9"\n')
+    with pytest.raises(RegistryError, match=r"models.toml:3: not UTF-8 \(byte 0xe9\)"):
+        ModelRegistry.from_toml(path)

@@ -33,3 +33,10 @@ def engine_greedy(
     params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
     results = staggered_outputs(engine, prompts, arrival_steps, params)
     return [[token for output in outputs for token in output.new_token_ids] for outputs in results]
+
+
+def assert_no_slot_leaked(engine: Engine) -> None:
+    """Every KV slot is free or held, unlocked, by the prefix cache (nothing runs any more)."""
+    pool, cache = engine.runner.kv_pool, engine.scheduler.prefix_cache
+    assert pool.num_free + cache.total_size() == pool.capacity
+    assert cache.evictable_size() == cache.total_size()  # no lock left behind

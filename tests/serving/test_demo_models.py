@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from transformers import AutoConfig, AutoTokenizer
 
+from serving.config import EngineConfig
 from serving.demo_models import DEMO_NAMES, build_demo_models
-from serving.engine import Engine, EngineConfig
+from serving.engine import Engine
 from serving.sampling import SamplingParams
 from serving.sequence import GenerationRequest
 

@@ -7,10 +7,13 @@ import asyncio
 import pytest
 from transformers import AutoTokenizer
 
+from serving.async_engine import AsyncEngine
+from serving.config import EngineConfig
 from serving.detokenizer import TextStream
-from serving.engine import AsyncEngine, Engine, EngineConfig, RequestError
+from serving.engine import Engine, RequestError
 from serving.sampling import SamplingParams
 from serving.sequence import GenerationRequest
+from tests.serving.staggered import assert_no_slot_leaked
 
 
 @pytest.fixture(scope="module")
@@ -106,17 +109,21 @@ def test_abort_frees_the_request(engine):
     final = engine.abort("a")
     assert final is not None and final.finished and final.finish_reason == "abort"
     assert not engine.has_work
-    assert engine.runner.kv_pool.num_free == engine.runner.kv_pool.capacity
+    assert_no_slot_leaked(engine)
     assert engine.abort("unknown") is None
 
 
 def test_requests_that_cannot_fit_are_refused(engine):
+    def check(prompt: list[int], params: SamplingParams) -> None:
+        engine.new_sequence(GenerationRequest("refused", prompt, params))
+
     with pytest.raises(RequestError, match="maximum context length"):
-        engine.check_request([5] * engine.max_context, SamplingParams())
+        check([5] * engine.max_context, SamplingParams())
     with pytest.raises(RequestError, match="maximum context length"):
-        engine.check_request([5] * 10, SamplingParams(max_tokens=engine.max_context))
+        check([5] * 10, SamplingParams(max_tokens=engine.max_context))
     with pytest.raises(RequestError, match="empty"):
-        engine.check_request([], SamplingParams())
+        check([], SamplingParams())
+    assert not engine.has_work
 
 
 async def test_async_engine_streams_concurrent_requests_and_cancels_on_close(llama_path):
@@ -140,8 +147,7 @@ async def test_async_engine_streams_concurrent_requests_and_cancels_on_close(lla
                 break
             await asyncio.sleep(0.05)
         assert not async_engine.engine.has_work
-        kv_pool = async_engine.engine.runner.kv_pool
-        assert kv_pool.num_free == kv_pool.capacity
+        assert_no_slot_leaked(async_engine.engine)
     finally:
         async_engine.shutdown()
 
@@ -157,4 +163,4 @@ def test_a_failed_step_leaks_no_slots(engine, monkeypatch):
         engine.step()
     engine.abort("f")
     assert not engine.has_work
-    assert engine.runner.kv_pool.num_free == engine.runner.kv_pool.capacity
+    assert_no_slot_leaked(engine)

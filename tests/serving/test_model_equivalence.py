@@ -11,8 +11,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from serving.engine import Engine, EngineConfig
-from tests.serving.staggered import engine_greedy
+from serving.config import EngineConfig
+from serving.engine import Engine
+from tests.serving.staggered import assert_no_slot_leaked, engine_greedy
 
 NEW_TOKENS = 64
 PROMPT_LENGTHS = (3, 17, 45, 70)
@@ -46,7 +47,7 @@ def test_greedy_tokens_match_transformers(tiny_checkpoint, family):
     prompts = random_prompts(len(engine.tokenizer))
     ours = engine_greedy(engine, prompts, ARRIVAL_STEPS, NEW_TOKENS)
     assert ours == transformers_greedy(path, prompts)
-    assert engine.runner.kv_pool.num_free == engine.runner.kv_pool.capacity  # no slot leaked
+    assert_no_slot_leaked(engine)
 
 
 def test_preemption_and_recompute_keep_greedy_tokens(tiny_checkpoint):
@@ -57,4 +58,4 @@ def test_preemption_and_recompute_keep_greedy_tokens(tiny_checkpoint):
     ours = engine_greedy(engine, prompts, ARRIVAL_STEPS, NEW_TOKENS)
     assert engine.scheduler.num_preemptions > 0
     assert ours == transformers_greedy(path, prompts)
-    assert engine.runner.kv_pool.num_free == engine.runner.kv_pool.capacity
+    assert_no_slot_leaked(engine)

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import pytest
 
-from serving.engine import Engine, EngineConfig
+from serving.config import EngineConfig
+from serving.engine import Engine
 from serving.sampling import SamplingParams
 from serving.sequence import GenerationRequest
-from tests.serving.staggered import staggered_outputs
+from tests.serving.staggered import assert_no_slot_leaked, staggered_outputs
 
 ARRIVALS = (0, 0, 1, 3, 6, 6, 9)
 
@@ -40,7 +41,7 @@ def count_run_ahead(engine: Engine, monkeypatch) -> list[bool]:
 
 def assert_everything_freed(engine: Engine) -> None:
     assert not engine.has_work
-    assert engine.runner.kv_pool.num_free == engine.runner.kv_pool.capacity
+    assert_no_slot_leaked(engine)
     assert engine.runner.req_pool.num_free == engine.config.max_running  # all but the padding row
 
 

@@ -15,30 +15,22 @@ def make_scheduler(num_slots: int = 65, max_running: int = 4, budget: int = 16) 
     return Scheduler(pool, ReqToTokenPool(max_running, 64, "cpu"), max_running, budget)
 
 
-def add(scheduler: Scheduler, name: str, prompt_len: int, arrival: int) -> Sequence:
-    seq = Sequence(GenerationRequest(name, list(range(1, prompt_len + 1)), SamplingParams()), arrival, None)
+def add(scheduler: Scheduler, name: str, prompt_len: int) -> Sequence:
+    seq = Sequence(GenerationRequest(name, list(range(1, prompt_len + 1)), SamplingParams()), 64, None)
     scheduler.add(seq)
     return seq
 
 
 def run_step(scheduler: Scheduler) -> dict[str, int]:
-    """One scheduled step with a fake model: every sequence that reaches its end samples token 7.
-
-    Like the model runner, it records the step's slots in ``req_to_token`` first.
-    """
+    """One scheduled step with a fake model: every sequence that reaches its end samples token 7."""
     batch = scheduler.schedule()
     assert batch is not None
-    rows = [
-        seq.req_pool_idx
+    new_slots = [
+        slot
         for seq, n in zip(batch.sequences, batch.num_new_tokens, strict=True)
-        for _ in range(n)
+        for slot in seq.kv_slots[-n:]
     ]
-    columns = [
-        seq.num_cached + i
-        for seq, n in zip(batch.sequences, batch.num_new_tokens, strict=True)
-        for i in range(n)
-    ]
-    scheduler.req_pool.req_to_token[rows, columns] = batch.out_cache_loc.to(torch.int32)
+    assert new_slots == batch.out_cache_loc.tolist()  # each sequence's host slot ids end with its new ones
     sampling = [seq for i, seq in enumerate(batch.sequences) if batch.samples(i)]
     scheduler.advance(batch)
     for seq in sampling:
@@ -50,14 +42,15 @@ def assert_slot_table_consistent(scheduler: Scheduler) -> None:
     """Running sequences own disjoint slots; together with the free ones they cover the pool."""
     owned: list[int] = []
     for seq in scheduler.running:
-        owned += scheduler.req_pool.req_to_token[seq.req_pool_idx, : seq.num_cached].tolist()
+        assert seq.num_kv == seq.num_computed
+        owned += seq.kv_slots
     assert len(owned) == len(set(owned))
     assert len(owned) + scheduler.kv_pool.num_free == scheduler.kv_pool.capacity
 
 
 def test_long_prompt_is_prefilled_in_chunks_within_the_budget():
     scheduler = make_scheduler(budget=16)
-    seq = add(scheduler, "long", 40, 0)
+    seq = add(scheduler, "long", 40)
     assert [run_step(scheduler)["long"] for _ in range(3)] == [16, 16, 8]
     assert seq.num_output_tokens == 1  # sampled only after the last chunk
     assert run_step(scheduler) == {"long": 1}  # then decodes
@@ -66,9 +59,9 @@ def test_long_prompt_is_prefilled_in_chunks_within_the_budget():
 
 def test_new_requests_join_the_running_batch():
     scheduler = make_scheduler(budget=16)
-    add(scheduler, "a", 4, 0)
+    add(scheduler, "a", 4)
     assert run_step(scheduler) == {"a": 4}
-    add(scheduler, "b", 30, 1)
+    add(scheduler, "b", 30)
     assert run_step(scheduler) == {"a": 1, "b": 15}  # decode first, then b's first chunk
     assert run_step(scheduler) == {"a": 1, "b": 15}
     assert_slot_table_consistent(scheduler)
@@ -77,19 +70,24 @@ def test_new_requests_join_the_running_batch():
 def test_max_running_limits_admission():
     scheduler = make_scheduler(max_running=2, budget=64)
     for i in range(3):
-        add(scheduler, str(i), 3, i)
+        add(scheduler, str(i), 3)
     assert set(run_step(scheduler)) == {"0", "1"}
     assert len(scheduler.waiting) == 1
 
 
 def test_preemption_frees_the_newest_and_recomputes_it_later():
     scheduler = make_scheduler(num_slots=13, budget=64)  # 12 usable slots
-    old, new = add(scheduler, "old", 5, 0), add(scheduler, "new", 5, 1)
+    old, new = add(scheduler, "old", 5), add(scheduler, "new", 5)
     run_step(scheduler)  # 10 slots used, both have sampled one token
     run_step(scheduler)  # 12 used: both decoded one more
     steps = run_step(scheduler)  # old needs a slot: new is preempted
     assert steps == {"old": 1}
-    assert new.status is SequenceStatus.WAITING and new.num_cached == 0 and scheduler.num_preemptions == 1
+    assert (
+        new.status is SequenceStatus.WAITING
+        and new.num_computed == 0
+        and new.kv_slots == []
+        and scheduler.num_preemptions == 1
+    )
     assert new.token_ids[5:] == [7, 7]  # its generated tokens are kept for recomputation
     assert_slot_table_consistent(scheduler)
     scheduler.finish(old, "stop")
@@ -99,7 +97,7 @@ def test_preemption_frees_the_newest_and_recomputes_it_later():
 
 def test_a_sequence_that_cannot_fit_alongside_older_ones_preempts_itself():
     scheduler = make_scheduler(num_slots=9, budget=64)  # 8 usable slots
-    a, b = add(scheduler, "a", 4, 0), add(scheduler, "b", 4, 1)
+    a, b = add(scheduler, "a", 4), add(scheduler, "b", 4)
     run_step(scheduler)
     assert run_step(scheduler) == {"a": 1}  # b (newest) gave way
     assert b.status is SequenceStatus.WAITING
@@ -108,7 +106,7 @@ def test_a_sequence_that_cannot_fit_alongside_older_ones_preempts_itself():
 
 def test_finish_and_abort_release_everything():
     scheduler = make_scheduler(budget=8)
-    seqs = [add(scheduler, str(i), 6, i) for i in range(3)]
+    seqs = [add(scheduler, str(i), 6) for i in range(3)]
     run_step(scheduler)
     run_step(scheduler)
     for seq in seqs:  # running, partially prefilled, or still waiting
@@ -123,12 +121,12 @@ def test_steady_decode_schedules_everyone_and_leaves_it_when_someone_waits():
     """The all-decode fast path gives each running sequence one token, oldest first; a waiting
     request, a prefill in progress or a short pool sends scheduling back through the general loop."""
     scheduler = make_scheduler(num_slots=50, max_running=4, budget=16)  # 49 usable slots
-    add(scheduler, "a", 5, 0)
-    add(scheduler, "b", 6, 1)
+    add(scheduler, "a", 5)
+    add(scheduler, "b", 6)
     run_step(scheduler)  # both prefilled (11 slots), both sampled
     assert scheduler._all_decode_fits()
     assert run_step(scheduler) == {"a": 1, "b": 1}
-    c = add(scheduler, "c", 20, 2)
+    c = add(scheduler, "c", 20)
     assert not scheduler._all_decode_fits()  # c waits
     assert run_step(scheduler) == {"a": 1, "b": 1, "c": 14}  # decodes first, then c's first chunk
     assert not scheduler._all_decode_fits()  # c is still prefilling

@@ -15,9 +15,12 @@ import httpx
 import openai
 import pytest
 
-from serving.engine import AsyncEngine, Engine, EngineConfig
+from serving.async_engine import AsyncEngine
+from serving.config import EngineConfig
+from serving.engine import Engine
 from serving.server import create_app
 from tests.servers import free_port, serve_app
+from tests.serving.staggered import assert_no_slot_leaked
 
 MODELS = ("demo-llama-tiny", "demo-qwen-tiny")
 LONG = {"max_tokens": 1500, "extra_body": {"ignore_eos": True}}
@@ -185,8 +188,7 @@ def test_disconnect_during_stream_aborts_the_request(base_url, engines):
         first = next(line for line in lines if line.startswith("data:"))
         assert json.loads(first[5:])["object"] == "chat.completion.chunk"
     assert wait_until_idle(engines["demo-llama-tiny"])
-    kv_pool = engines["demo-llama-tiny"].engine.runner.kv_pool
-    assert kv_pool.num_free == kv_pool.capacity
+    assert_no_slot_leaked(engines["demo-llama-tiny"].engine)
 
 
 def test_disconnect_while_waiting_for_a_whole_answer_aborts_it(base_url, engines):
@@ -231,3 +233,105 @@ def test_command_line_serves_several_models(demo_models_dir):
     finally:
         process.terminate()
         process.wait(timeout=20)
+
+
+def transformers_choice(model_dir, prompt_ids: list[int], choices: list[str]) -> int:
+    """The best choice by mean token logprob, computed with transformers on the full sequences."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    means = []
+    for choice in choices:
+        ids = tokenizer.encode(choice, add_special_tokens=False)
+        with torch.no_grad():
+            logits = model(torch.tensor([prompt_ids + ids])).logits[0].float()
+        logprobs = torch.log_softmax(logits[len(prompt_ids) - 1 : -1], dim=-1)
+        means.append(logprobs.gather(1, torch.tensor(ids)[:, None]).mean().item())
+    return max(range(len(choices)), key=lambda i: (means[i], -i))
+
+
+def test_choices_constrain_the_answer_on_both_endpoints(client, engines, demo_models_dir):
+    choices = ["[[A]]", "[[B]]", "[[C]]", "tie"]
+    tokenizer = engines["demo-llama-tiny"].tokenizer
+    prompt = "Which assistant answered better? Verdict:"
+    reply = client.completions.create(
+        model="demo-llama-tiny", prompt=prompt, max_tokens=5, extra_body={"choices": choices}
+    )
+    prompt_ids = tokenizer.encode(prompt, add_special_tokens=False)
+    expected = choices[transformers_choice(demo_models_dir / "demo-llama-tiny", prompt_ids, choices)]
+    assert reply.choices[0].text == expected and reply.choices[0].finish_reason == "stop"
+    assert reply.usage.completion_tokens == len(tokenizer.encode(expected, add_special_tokens=False))
+
+    messages = [{"role": "user", "content": "Pick one."}]
+    chat = client.chat.completions.create(model="demo-qwen-tiny", messages=messages, extra_body={"choices": choices})
+    assert chat.choices[0].message.content in choices
+    streamed = client.chat.completions.create(
+        model="demo-qwen-tiny", messages=messages, stream=True, extra_body={"choices": choices}
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == chat.choices[0].message.content
+    with pytest.raises(openai.BadRequestError) as empty:
+        client.chat.completions.create(model="demo-qwen-tiny", messages=messages, extra_body={"choices": [""]})
+    assert empty.value.body["param"] == "choices"
+
+
+def test_n_choices_share_the_prompt(client, engines):
+    messages = [{"role": "user", "content": "Tell me a story about a dragon and a knight."}]
+    reply = client.chat.completions.create(
+        model="demo-llama-tiny", messages=messages, n=3, max_tokens=8, temperature=0, extra_body={"ignore_eos": True}
+    )
+    assert [c.index for c in reply.choices] == [0, 1, 2]
+    assert len({c.message.content for c in reply.choices}) == 1  # greedy: the same answer three times
+    assert reply.usage.completion_tokens == 24
+    stream = client.completions.create(
+        model="demo-llama-tiny", prompt="Once upon a time", n=2, max_tokens=5, seed=3, stream=True,
+        extra_body={"ignore_eos": True},
+    )  # fmt: skip
+    texts = ["", ""]
+    finished = set()
+    for chunk in stream:
+        for choice in chunk.choices:
+            texts[choice.index] += choice.text
+            if choice.finish_reason:
+                finished.add(choice.index)
+    assert finished == {0, 1} and all(texts)
+
+
+def test_metrics_count_prefix_cache_hits(client, base_url):
+    system = "You are a careful assistant who answers in one short sentence. " * 3
+    for question in ("What is the capital of France?", "What is two plus two?"):
+        client.chat.completions.create(
+            model="demo-qwen-tiny",
+            messages=[{"role": "system", "content": system}, {"role": "user", "content": question}],
+            max_tokens=2,
+        )
+    text = httpx.get(f"{base_url}/metrics").text
+    values = {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("serving_")
+    }
+    assert values['serving_prefix_cache_hit_tokens_total{model="demo-qwen-tiny"}'] > 20
+    assert values['serving_prompt_tokens_total{model="demo-qwen-tiny"}'] > 40
+    assert values['serving_kv_slots_total{model="demo-llama-tiny"}'] > 0
+    for name in ("serving_kv_slots_used", "serving_requests_running", "serving_requests_waiting",
+                 "serving_generation_tokens_total"):  # fmt: skip
+        assert f'{name}{{model="demo-qwen-tiny"}}' in values
+
+
+async def test_arena_judge_recognises_our_engine_and_its_guided_choice(base_url):
+    """arena-judge turns constrained re-asks on for our engine: it asks /models who serves the
+    judge, and sends vLLM's ``guided_choice``, which we take as ``choices``."""
+    from arena.judge.cli import SERVING_OWNER
+    from arena.judge.verdicts import PAIR_CHOICES, parse_pairwise
+    from arena.providers import ChatClient
+
+    client = ChatClient(f"{base_url}/v1", "demo-llama-tiny")
+    try:
+        assert await client.owned_by() == SERVING_OWNER
+        messages = [{"role": "user", "content": "Which is better, A or B?"}]
+        result = await client.chat(messages, extra_body={"guided_choice": PAIR_CHOICES})
+        assert result.text in PAIR_CHOICES and parse_pairwise(result.text) is not None
+    finally:
+        await client.close()

@@ -1,26 +1,41 @@
-"""The battle domain: pair sampling, turns streamed from two models at once, votes.
+"""The battle service: battles, turns streamed from two models at once, direct chats, votes.
 
 Used by the Gradio page and the JSON API alike; it knows nothing about the web.  Every
-visitor action is written to the database as it happens: a prompt before the models are
-called, each answer (or its error) when it ends, a vote in its own transaction.
+visitor action is written to the database as it happens: a prompt (with an empty answer row
+per side) before the models are called, each side's partial answer at every heartbeat and
+its final answer (or error) when it ends, a vote in its own transaction.  Database work on
+the async paths runs in the service's thread pool, so a slow query never stalls the event
+loop; writes at the end of a turn are retried through short database outages.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
-import re
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
-from contextlib import aclosing
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from typing import Protocol
+from datetime import UTC, datetime
+from typing import ParamSpec, TypeVar
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from arena.battles.errors import (
+    ArenaError,
+    ConflictError,
+    ForbiddenError,
+    NotFoundError,
+    RateLimitedError,
+    RefusedError,
+)
+from arena.battles.rate_limit import RateLimiter, build_rate_limiter
+from arena.battles.recording import TRANSIENT_DB_ERRORS, SideJob, TurnRecorder
+from arena.battles.sampling import PairSampler, make_pair_sampler
+from arena.battles.streaming import SideState, SideStreams, TurnRun, TurnStore, TurnUpdate, wait_for_runs
 from arena.config import Settings
 from arena.db.models import (
     Battle,
@@ -37,110 +52,18 @@ from arena.db.models import (
 )
 from arena.moderation import Moderator
 from arena.prompt_limits import PromptLimits
-from arena.providers.client import ChatClient, ChatResult, ProviderError
+from arena.providers.client import ChatClient, StreamChunk
 from arena.providers.registry import ModelRegistry, ModelSpec
 
 logger = logging.getLogger(__name__)
 
 SIDES = ("a", "b")
 
-
-class ArenaError(Exception):
-    """A visitor action that cannot be done; ``status_code`` maps it to HTTP."""
-
-    status_code = 400
-    code = "invalid_request"
-
-
-class NotFoundError(ArenaError):
-    status_code = 404
-    code = "not_found"
-
-
-class ForbiddenError(ArenaError):
-    status_code = 403
-    code = "forbidden"
-
-
-class ConflictError(ArenaError):
-    status_code = 409
-    code = "conflict"
-
-
-class RateLimitedError(ArenaError):
-    status_code = 429
-    code = "rate_limited"
-
-
-class RefusedError(ArenaError):
-    """The prompt was refused by moderation (and the refusal recorded)."""
-
-    status_code = 422
-    code = "moderation"
-
-
-# ----------------------------------------------------------------------------- pair sampling
-
-
-class PairSampler(Protocol):
-    """Chooses the two models of a battle; returns them and the probabilities it used."""
-
-    name: str
-
-    def sample(self, models: Sequence[ModelSpec], rng: random.Random) -> tuple[str, str, dict[str, float]]: ...
-
-
-class WeightedPairSampler:
-    """Model A by registry weight, then model B by weight among the others: never a model twice."""
-
-    name = "weighted"
-
-    def sample(self, models: Sequence[ModelSpec], rng: random.Random) -> tuple[str, str, dict[str, float]]:
-        candidates = [m for m in models if m.weight > 0]
-        if len(candidates) < 2:
-            raise ArenaError("the arena needs at least two models with a positive weight")
-        total = sum(m.weight for m in candidates)
-        probabilities = {m.name: m.weight / total for m in candidates}
-        first = rng.choices(candidates, weights=[m.weight for m in candidates])[0]
-        others = [m for m in candidates if m.name != first.name]
-        second = rng.choices(others, weights=[m.weight for m in others])[0]
-        if rng.random() < 0.5:
-            first, second = second, first
-        return first.name, second.name, probabilities
-
-
-def make_pair_sampler(policy: str, sessions: sessionmaker[Session] | None = None) -> PairSampler:
-    """The sampler named by ``ARENA_SAMPLING_POLICY``; ``active`` reads vote counts through ``sessions``."""
-    if policy == "weighted":
-        return WeightedPairSampler()
-    if policy == "active":
-        if sessions is None:
-            raise ValueError("the active sampling policy needs a session factory to read vote counts")
-        from arena.leaderboard.active_sampler import ActivePairSampler
-
-        return ActivePairSampler(sessions)
-    raise ValueError(f"unknown sampling policy {policy!r}; known: weighted, active")
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 # ----------------------------------------------------------------------------- views
-
-
-@dataclass
-class SideState:
-    """What the page shows for one side of a battle."""
-
-    text: str = ""
-    error: str | None = None
-    done: bool = False
-
-
-@dataclass
-class TurnUpdate:
-    """A snapshot of a turn in progress: both sides' text so far."""
-
-    sides: dict[str, SideState]
-    done: bool = False
-    status: str = BattleStatus.STREAMING
 
 
 @dataclass
@@ -182,6 +105,7 @@ class ArenaService:
         settings: Settings,
         sampler: PairSampler | None = None,
         client_factory: Callable[[ModelSpec], ChatClient] | None = None,
+        rate_limiter: RateLimiter | None = None,
     ):
         self.sessions = sessions
         self.registry = registry
@@ -189,14 +113,24 @@ class ArenaService:
         self.settings = settings
         self.prompt_limits = PromptLimits(settings.max_prompt_chars, registry)
         self.sampler = sampler or make_pair_sampler(settings.sampling_policy, sessions)
+        self.rate_limiter = rate_limiter or build_rate_limiter(settings.rate_limit_redis_url)
         self._client_factory = client_factory or (
             lambda spec: ChatClient.for_model(
                 spec, timeout_s=settings.request_timeout_s, max_retries=settings.provider_max_retries
             )
         )
         self._clients: dict[str, ChatClient] = {}
+        self._db_pool = ThreadPoolExecutor(max_workers=settings.db_threads, thread_name_prefix="arena-db")
+        self._runs: set[TurnRun] = set()
+        self.recorder = TurnRecorder(sessions, registry, settings, self.run_blocking)
+        self._reaper: asyncio.Task[None] | None = None
 
-    # -- registry mirror -------------------------------------------------------------------
+    async def run_blocking(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run blocking (database) work in the service's thread pool, keeping the event loop free."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._db_pool, functools.partial(fn, *args, **kwargs))
+
+    # -- registry mirror and lifecycle -------------------------------------------------------
 
     def sync_models(self) -> None:
         """Mirror the registry into the ``models`` table (inactive if no longer listed)."""
@@ -211,30 +145,42 @@ class ArenaService:
             for row in existing.values():
                 row.active = False
 
+    def start_reaper(self) -> None:
+        """Fail stale turns now and every ``reap_interval_s`` (turns of crashed servers end in bounded time)."""
+        if self._reaper is None:
+            self._reaper = asyncio.create_task(self._reap_forever())
+
+    async def _reap_forever(self) -> None:
+        while True:
+            try:
+                await self.run_blocking(self.fail_abandoned_streams)
+            except TRANSIENT_DB_ERRORS as exc:
+                logger.warning("could not look for stale turns: %s", type(exc).__name__)
+            await asyncio.sleep(self.settings.reap_interval_s)
+
     async def aclose(self) -> None:
-        """Close the HTTP connections to the model endpoints."""
+        """Stop open turns (storing what they received), then close the model connections and threads."""
+        if self._reaper is not None:
+            self._reaper.cancel()
+            await asyncio.gather(self._reaper, return_exceptions=True)
+            self._reaper = None
+        left = await wait_for_runs(set(self._runs), self.settings.shutdown_grace_s)
+        if left:
+            logger.error("%d turn(s) did not finish storing in %.0f s; the reaper will fail them at the next start",
+                         left, self.settings.shutdown_grace_s)
         clients, self._clients = list(self._clients.values()), {}
         for client in clients:
             await client.close()
+        close_limiter = getattr(self.rate_limiter, "close", None)
+        if close_limiter is not None:
+            close_limiter()
+        # Finish the database work in flight; a fresh pool keeps the (sync) service usable afterwards.
+        self._db_pool.shutdown(wait=True)
+        self._db_pool = ThreadPoolExecutor(max_workers=self.settings.db_threads, thread_name_prefix="arena-db")
 
     def fail_abandoned_streams(self, older_than_s: float | None = None) -> int:
-        """Mark battles stuck in 'streaming' (their server died mid-answer) as failed; return how many.
-
-        A live stream touches nothing until it ends, so only battles streaming for longer than
-        twice the model timeout are taken as abandoned; their prompts stay stored.
-        """
-        limit = older_than_s if older_than_s is not None else 2 * self.settings.request_timeout_s
-        cutoff = datetime.now(UTC) - timedelta(seconds=limit)
-        with self.sessions.begin() as session:
-            result = session.execute(
-                update(Battle)
-                .where(Battle.status == BattleStatus.STREAMING, Battle.updated_at < cutoff)
-                .values(status=BattleStatus.FAILED, updated_at=datetime.now(UTC))
-            )
-            count = int(result.rowcount or 0)  # type: ignore[attr-defined]
-        if count:
-            logger.warning("marked %d abandoned streaming battle(s) as failed", count)
-        return count
+        """Fail turns whose server went away (see :meth:`TurnRecorder.fail_stale_turns`); return how many."""
+        return self.recorder.fail_stale_turns(older_than_s)
 
     def client(self, model_name: str) -> ChatClient:
         if model_name not in self._clients:
@@ -260,6 +206,7 @@ class ArenaService:
             weights, policy = {}, "visitor"
         else:
             raise ArenaError(f"unknown battle mode {mode!r}; use 'anonymous' or 'named'")
+        self._take_slot("new", visitor_id, self.settings.rate_limit_creations, "new battles or chats")
         with self.sessions.begin() as session:
             self._touch_visitor(session, visitor_id)
             battle = Battle(
@@ -284,13 +231,16 @@ class ArenaService:
             raise ArenaError("pick two different models")
         for name in (model_a, model_b):
             if name not in self.registry:
-                raise NotFoundError(f"unknown model {name!r}")
+                raise NotFoundError(f"unknown model {_shown(name)}")
+            if self.registry[name].is_gateway:
+                raise ArenaError(f"{_shown(name)} is a gateway virtual model (cached, routed answers): direct chat only")
         return model_a, model_b
 
     def create_chat(self, visitor_id: str, model: str) -> str:
         """A direct chat with one named model; returns the conversation id."""
         if model not in self.registry:
-            raise NotFoundError(f"unknown model {model!r}")
+            raise NotFoundError(f"unknown model {_shown(model)}")
+        self._take_slot("new", visitor_id, self.settings.rate_limit_creations, "new battles or chats")
         with self.sessions.begin() as session:
             self._touch_visitor(session, visitor_id)
             conversation = Conversation(visitor_id=visitor_id, model_name=model)
@@ -313,43 +263,68 @@ class ArenaService:
     # -- turns -----------------------------------------------------------------------------
 
     async def play_turn(self, battle_id: str, visitor_id: str, prompt: str) -> AsyncIterator[TurnUpdate]:
-        """Send ``prompt`` to both models of the battle and stream both answers at once."""
+        """Send ``prompt`` to both models of the battle and stream both answers at once.
+
+        The turn runs in its own task: leaving this iterator early stops the models, and the
+        task stores what they wrote and fails the battle; it never stays 'streaming'.
+        """
         prompt = self._check_prompt_shape(prompt)
-        with self.sessions.begin() as session:
+        _check_id(battle_id)
+        await self.run_blocking(self._check_turn_allowed, battle_id, visitor_id, prompt)
+        await self._moderate(prompt, visitor_id, battle_id=battle_id)
+        jobs = await self.run_blocking(self._begin_battle_turn, battle_id, prompt)
+        async for snapshot in self._run_battle_turn(battle_id, jobs):
+            yield snapshot
+
+    async def regenerate(self, battle_id: str, visitor_id: str) -> AsyncIterator[TurnUpdate]:
+        """Ask both models again for the last turn, replacing their last answers."""
+        _check_id(battle_id)
+        jobs = await self.run_blocking(self._begin_regeneration, battle_id, visitor_id)
+        async for snapshot in self._run_battle_turn(battle_id, jobs):
+            yield snapshot
+
+    def _check_turn_allowed(self, battle_id: str, visitor_id: str, prompt: str) -> None:
+        with self.sessions() as session:
             battle = self._owned_battle(session, battle_id, visitor_id)
             if battle.turn_count >= self.settings.max_turns:
                 raise ConflictError(f"this battle reached {self.settings.max_turns} turns; vote or start a new round")
             for conversation in self._conversations(session, battle_id):
                 self._check_context(conversation, prompt)
-            self._check_rate_limit(session, visitor_id)
-        await self._moderate(prompt, visitor_id, battle_id=battle_id)
+        self._take_turn_slot(visitor_id)
+
+    def _begin_battle_turn(self, battle_id: str, prompt: str) -> dict[str, SideJob]:
+        """Claim the battle, store the prompt and an empty answer per side; return what to ask each side."""
         with self.sessions.begin() as session:
             self._claim_for_streaming(session, battle_id)
             battle = session.get_one(Battle, battle_id)
             battle.turn_count += 1
             turn = battle.turn_count
+            jobs = {}
             for conversation in self._conversations(session, battle_id):
                 self._append(session, conversation, turn, "user", prompt)
-        async with aclosing(self._stream_sides(battle_id, turn)) as updates:
-            async for snapshot in updates:
-                yield snapshot
+                jobs[conversation.side or ""] = self._side_job(session, conversation, turn)
+            return jobs
 
-    async def regenerate(self, battle_id: str, visitor_id: str) -> AsyncIterator[TurnUpdate]:
-        """Ask both models again for the last turn, replacing their last answers."""
+    def _begin_regeneration(self, battle_id: str, visitor_id: str) -> dict[str, SideJob]:
         with self.sessions.begin() as session:
             battle = self._owned_battle(session, battle_id, visitor_id)
             if battle.turn_count == 0:
                 raise ConflictError("nothing to regenerate yet: ask a question first")
-            self._check_rate_limit(session, visitor_id)
+            self._take_turn_slot(visitor_id)
             self._claim_for_streaming(session, battle_id)
-            for conversation in self._conversations(session, battle_id):
+            conversations = self._conversations(session, battle_id)
+            for conversation in conversations:
                 last = conversation.messages[-1] if conversation.messages else None
                 if last is not None and last.role == "assistant":
                     conversation.messages.remove(last)
-            turn = battle.turn_count
-        async with aclosing(self._stream_sides(battle_id, turn)) as updates:
-            async for snapshot in updates:
-                yield snapshot
+            session.flush()
+            return {c.side or "": self._side_job(session, c, battle.turn_count) for c in conversations}
+
+    def _side_job(self, session: Session, conversation: Conversation, turn: int) -> SideJob:
+        """The history to send and a new, empty answer row that the turn fills as it streams."""
+        history = _history(conversation)
+        answer = self._append(session, conversation, turn, "assistant", "", in_progress=True)
+        return SideJob(conversation.model_name, history, answer.id)
 
     def _claim_for_streaming(self, session: Session, battle_id: str) -> None:
         """Move the battle to 'streaming' unless another request or a vote got there first."""
@@ -363,127 +338,61 @@ class ArenaService:
             raise ConflictError(_status_message(status))
         session.expire_all()
 
-    async def _stream_sides(self, battle_id: str, turn: int) -> AsyncGenerator[TurnUpdate, None]:
+    async def _run_battle_turn(self, battle_id: str, jobs: dict[str, SideJob]) -> AsyncIterator[TurnUpdate]:
+        anonymous = await self.run_blocking(self._is_anonymous, battle_id)
+
+        async for snapshot in self._run(jobs, self.recorder.for_battle(battle_id, jobs, anonymous=anonymous)):
+            yield snapshot
+
+    async def _run(self, jobs: dict[str, SideJob], store: TurnStore) -> AsyncIterator[TurnUpdate]:
+        """Start the turn's task and follow it; the first snapshot (empty) comes at once."""
+        streams = SideStreams({side: self._opener(job) for side, job in jobs.items()})
+        run = TurnRun(streams, store, heartbeat_s=self.settings.turn_heartbeat_s,
+                      deadline_s=self.settings.turn_timeout_s)
+        self._runs.add(run)
+        run.task.add_done_callback(lambda _: self._runs.discard(run))
+        yield TurnUpdate(sides=dict(streams.states))
+        async for snapshot in run.watch():
+            yield snapshot
+
+    def _opener(self, job: SideJob) -> Callable[[], AsyncGenerator[StreamChunk, None]]:
+        spec = self.registry[job.model]
+        return lambda: self.client(job.model).stream_chat(
+            job.history, temperature=self.settings.temperature, max_tokens=spec.max_tokens
+        )
+
+    def _is_anonymous(self, battle_id: str) -> bool:
         with self.sessions() as session:
-            histories = {c.side or "": (c.model_name, _history(c)) for c in self._conversations(session, battle_id)}
-        states = {side: SideState() for side in SIDES}
-        queue: asyncio.Queue[tuple[str, str | None, BaseException | None]] = asyncio.Queue()
-        tasks = [
-            asyncio.create_task(self._pump(side, model, history, queue))
-            for side, (model, history) in histories.items()
-        ]
-        try:
-            pending = len(tasks)
-            while pending:
-                side, delta, error = await queue.get()
-                if delta is not None:
-                    states[side].text += delta
-                else:
-                    pending -= 1
-                    states[side].done = True
-                    if error is not None:
-                        states[side].error = _describe_error(error)
-                yield TurnUpdate(sides=states)
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            status = self._finish_turn(battle_id, turn, states, tasks)
-        yield TurnUpdate(sides=states, done=True, status=status)
-
-    async def _pump(
-        self,
-        side: str,
-        model: str,
-        history: list[dict[str, str]],
-        queue: asyncio.Queue[tuple[str, str | None, BaseException | None]],
-    ) -> ChatResult | None:
-        """Stream one model's answer into the shared queue, report how it ended, return its usage."""
-        spec = self.registry[model]
-        result: ChatResult | None = None
-        try:
-            async for chunk in self.client(model).stream_chat(
-                history, temperature=self.settings.temperature, max_tokens=spec.max_tokens
-            ):
-                if chunk.result is not None:
-                    result = chunk.result
-                elif chunk.delta:
-                    await queue.put((side, chunk.delta, None))
-        except ProviderError as exc:
-            await queue.put((side, None, exc))
-            return None
-        except Exception as exc:  # any endpoint failure stays on its own side
-            logger.exception("model %s failed", model)
-            await queue.put((side, None, exc))
-            return None
-        await queue.put((side, None, None))
-        return result
-
-    def _finish_turn(
-        self,
-        battle_id: str,
-        turn: int,
-        states: dict[str, SideState],
-        tasks: list[asyncio.Task[ChatResult | None]],
-    ) -> str:
-        """Store both answers (or their errors) and settle the battle's status."""
-        for state in states.values():
-            if not state.done and state.error is None:
-                state.error = "the answer was interrupted"
-        failed = any(state.error for state in states.values())
-        with self.sessions.begin() as session:
-            battle = session.get_one(Battle, battle_id)
-            for conversation in self._conversations(session, battle_id):
-                state = states[conversation.side or ""]
-                usage = _task_usage(tasks[SIDES.index(conversation.side or "a")])
-                self._append(session, conversation, turn, "assistant", state.text, error=state.error, usage=usage)
-                if battle.anonymous and _reveals_identity(state.text, self.registry[conversation.model_name]):
-                    session.add(Flag(kind=FlagKind.IDENTITY_REVEALED, battle_id=battle_id,
-                                     conversation_id=conversation.id,
-                                     detail=f"side {conversation.side} named its model"))
-            battle.status = BattleStatus.FAILED if failed else BattleStatus.READY
-            return battle.status
+            return bool(session.scalar(select(Battle.anonymous).where(Battle.id == battle_id)))
 
     # -- direct chat ---------------------------------------------------------------------------
 
     async def chat_turn(self, conversation_id: str, visitor_id: str, prompt: str) -> AsyncIterator[SideState]:
-        """One turn of a direct chat, streamed."""
+        """One turn of a direct chat, streamed; stored like a battle's side."""
         prompt = self._check_prompt_shape(prompt)
-        with self.sessions.begin() as session:
+        _check_id(conversation_id)
+        await self.run_blocking(self._check_chat_allowed, conversation_id, visitor_id, prompt)
+        await self._moderate(prompt, visitor_id, conversation_id=conversation_id)
+        job = await self.run_blocking(self._begin_chat_turn, conversation_id, prompt)
+        async for snapshot in self._run({"a": job}, self.recorder.for_chat(conversation_id, job)):
+            yield snapshot.sides["a"]
+
+    def _check_chat_allowed(self, conversation_id: str, visitor_id: str, prompt: str) -> None:
+        with self.sessions() as session:
             conversation = session.get(Conversation, conversation_id)
             if conversation is None or conversation.battle_id is not None:
                 raise NotFoundError("no such chat")
             if conversation.visitor_id != visitor_id:
                 raise ForbiddenError("this chat belongs to another visitor")
             self._check_context(conversation, prompt)
-            self._check_rate_limit(session, visitor_id)
-        await self._moderate(prompt, visitor_id, conversation_id=conversation_id)
+        self._take_turn_slot(visitor_id)
+
+    def _begin_chat_turn(self, conversation_id: str, prompt: str) -> SideJob:
         with self.sessions.begin() as session:
             conversation = session.get_one(Conversation, conversation_id)
             turn = sum(1 for m in conversation.messages if m.role == "user") + 1
             self._append(session, conversation, turn, "user", prompt)
-            model, history = conversation.model_name, _history(conversation)
-        state = SideState()
-        queue: asyncio.Queue[tuple[str, str | None, BaseException | None]] = asyncio.Queue()
-        task = asyncio.create_task(self._pump("a", model, history, queue))
-        try:
-            while not state.done:
-                _, delta, error = await queue.get()
-                if delta is not None:
-                    state.text += delta
-                else:
-                    state.done = True
-                    state.error = _describe_error(error) if error else None
-                yield state
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            if not state.done:
-                state.error = "the answer was interrupted"
-            with self.sessions.begin() as session:
-                conversation = session.get_one(Conversation, conversation_id)
-                self._append(session, conversation, turn, "assistant", state.text,
-                             error=state.error, usage=_task_usage(task))
+            return self._side_job(session, conversation, turn)
 
     # -- votes ---------------------------------------------------------------------------------
 
@@ -492,7 +401,8 @@ class ArenaService:
         try:
             choice = VoteChoice(choice).value
         except ValueError:
-            raise ArenaError(f"unknown vote {choice!r}; use one of a, b, tie, both_bad") from None
+            raise ArenaError(f"unknown vote {_shown(choice)}; use one of a, b, tie, both_bad") from None
+        _check_id(battle_id)
         session = self.sessions()
         try:
             with session.begin():
@@ -531,10 +441,11 @@ class ArenaService:
 
     def get_battle(self, battle_id: str) -> BattleView:
         """A battle as anyone holding its (random, unguessable) id may see it: names hidden until voted."""
+        _check_id(battle_id)
         with self.sessions() as session:
             battle = session.get(Battle, battle_id)
             if battle is None:
-                raise NotFoundError(f"no battle {battle_id!r}")
+                raise NotFoundError(f"no battle {_shown(battle_id)}")
             return self._view(session, battle)
 
     def _view(self, session: Session, battle: Battle) -> BattleView:
@@ -561,6 +472,8 @@ class ArenaService:
         prompt = (prompt or "").strip()
         if not prompt:
             raise ArenaError("Please type a message first.")
+        if "\x00" in prompt:
+            raise ArenaError("Your message contains a NUL character (\\u0000); remove it and send again.")
         too_long = self.prompt_limits.too_long(prompt)
         if too_long:
             raise ArenaError(too_long)
@@ -572,22 +485,16 @@ class ArenaService:
         if overflow:
             raise ArenaError(overflow)
 
-    def _check_rate_limit(self, session: Session, visitor_id: str) -> None:
-        since = datetime.now(UTC) - timedelta(seconds=self.settings.rate_limit_window_s)
-        recent = session.scalar(
-            select(func.count(Message.id))
-            .join(Conversation, Message.conversation_id == Conversation.id)
-            .where(
-                Conversation.visitor_id == visitor_id,
-                (Conversation.side.is_(None)) | (Conversation.side == "a"),
-                Message.role == "user",
-                Message.created_at >= since,
-            )
-        )
-        if (recent or 0) >= self.settings.rate_limit_turns:
+    def _take_turn_slot(self, visitor_id: str) -> None:
+        self._take_slot("turn", visitor_id, self.settings.rate_limit_turns, "messages")
+
+    def _take_slot(self, kind: str, visitor_id: str, limit: int, what: str) -> None:
+        """Take one slot of the visitor's window, atomically, or refuse with when to retry."""
+        window = self.settings.rate_limit_window_s
+        wait = self.rate_limiter.acquire(f"{kind}:{visitor_id}", limit, window)
+        if wait is not None:
             raise RateLimitedError(
-                f"You sent {recent} messages in the last {self.settings.rate_limit_window_s:.0f} s; "
-                "please wait a moment."
+                f"You sent {limit} {what} in the last {window:.0f} s; please wait {wait:.0f} s.", retry_after_s=wait
             )
 
     async def _moderate(self, prompt: str, visitor_id: str, *, battle_id: str | None = None,
@@ -595,18 +502,22 @@ class ArenaService:
         result = await self.moderator.check(prompt)
         if not result.flagged:
             return
-        with self.sessions.begin() as session:
-            session.add(Flag(kind=FlagKind.MODERATION, battle_id=battle_id, conversation_id=conversation_id,
-                             visitor_id=visitor_id,
-                             detail=f"{result.source}: {', '.join(result.categories)}"))
+        await self.run_blocking(self._record_flag, result.source, result.categories, visitor_id,
+                                battle_id, conversation_id)
         raise RefusedError(
             "This message was flagged by moderation (" + ", ".join(result.categories) + ") and was not sent."
         )
 
+    def _record_flag(self, source: str, categories: tuple[str, ...], visitor_id: str, battle_id: str | None,
+                     conversation_id: str | None) -> None:
+        with self.sessions.begin() as session:
+            session.add(Flag(kind=FlagKind.MODERATION, battle_id=battle_id, conversation_id=conversation_id,
+                             visitor_id=visitor_id, detail=f"{source}: {', '.join(categories)}"))
+
     def _owned_battle(self, session: Session, battle_id: str, visitor_id: str) -> Battle:
         battle = session.get(Battle, battle_id)
         if battle is None:
-            raise NotFoundError(f"no battle {battle_id!r}")
+            raise NotFoundError(f"no battle {_shown(battle_id)}")
         if battle.visitor_id != visitor_id:
             raise ForbiddenError("this battle belongs to another visitor")
         return battle
@@ -618,33 +529,20 @@ class ArenaService:
         )
 
     @staticmethod
-    def _append(
-        session: Session,
-        conversation: Conversation,
-        turn: int,
-        role: str,
-        content: str,
-        *,
-        error: str | None = None,
-        usage: tuple[int | None, int | None, float | None, str | None] | None = None,
-    ) -> None:
-        prompt_tokens, completion_tokens, latency_s, finish_reason = usage or (None, None, None, None)
-        position = len(conversation.messages)
-        conversation.messages.append(
-            Message(
-                position=position,
-                turn=turn,
-                role=role,
-                content=content,
-                model_name=conversation.model_name if role == "assistant" else None,
-                prompt_tokens=prompt_tokens,
-                completion_tokens=completion_tokens,
-                latency_ms=latency_s * 1000 if latency_s is not None else None,
-                finish_reason=finish_reason if error is None else "error",
-                error=error,
-            )
+    def _append(session: Session, conversation: Conversation, turn: int, role: str, content: str, *,
+                in_progress: bool = False) -> Message:
+        """Add a message at the end of the conversation; an answer starts empty and ``in_progress``."""
+        message = Message(
+            position=len(conversation.messages),
+            turn=turn,
+            role=role,
+            content=content,
+            model_name=conversation.model_name if role == "assistant" else None,
+            finish_reason=None if in_progress or role != "assistant" else "stop",
         )
+        conversation.messages.append(message)
         session.flush()
+        return message
 
 
 # ----------------------------------------------------------------------------- small helpers
@@ -655,26 +553,19 @@ def _history(conversation: Conversation) -> list[dict[str, str]]:
     return [
         {"role": m.role, "content": m.content}
         for m in conversation.messages
-        if m.role == "user" or (m.role == "assistant" and m.error is None)
+        if m.role == "user" or (m.role == "assistant" and m.error is None and m.finish_reason is not None)
     ]
 
 
-def _task_usage(task: asyncio.Task[ChatResult | None]) -> tuple[int | None, int | None, float | None, str | None]:
-    if not task.done() or task.cancelled() or task.exception() is not None:
-        return (None, None, None, None)
-    result = task.result()
-    if result is None:
-        return (None, None, None, None)
-    return (result.prompt_tokens, result.completion_tokens, result.latency_s, result.finish_reason)
+def _check_id(value: str) -> None:
+    """Ids are hex strings; one with a NUL byte would make PostgreSQL fail, so it is refused here."""
+    if "\x00" in value:
+        raise ArenaError("ids cannot contain a NUL character (\\u0000)")
 
 
-def _describe_error(error: BaseException) -> str:
-    if isinstance(error, ProviderError) and error.status_code == 400 and "context length" in str(error):
-        return ("the conversation is longer than this model's context window, so it could not answer; "
-                "start a new round")
-    if isinstance(error, ProviderError):
-        return str(error)
-    return f"the model failed: {type(error).__name__}: {error}"
+def _shown(value: str) -> str:
+    """A visitor-supplied value quoted for an error message, shortened."""
+    return repr(value[:80] + ("…" if len(value) > 80 else ""))
 
 
 def _status_message(status: str | None) -> str:
@@ -686,20 +577,6 @@ def _status_message(status: str | None) -> str:
         BattleStatus.VOTED: "this battle is already voted on: start a new round",
     }
     return messages.get(status, f"the battle is {status}")
-
-
-def _reveals_identity(text: str, spec: ModelSpec) -> bool:
-    """Whether an answer names its own model (name, served id, family or organization)."""
-    names = {spec.name, spec.model_id}
-    names.update(part for part in re.split(r"[-_/ .:]", spec.name) if len(part) >= 4 and part.isalpha()
-                 and part.lower() not in _GENERIC_NAME_PARTS)
-    if len(spec.organization) >= 3:
-        names.add(spec.organization)
-    lowered = text.lower()
-    return any(re.search(r"\b" + re.escape(name.lower()) + r"\b", lowered) for name in names if name)
-
-
-_GENERIC_NAME_PARTS = {"demo", "tiny", "chat", "instruct", "base", "model", "mini", "small", "large", "preview"}
 
 
 def _repeat_outcome(battle: Battle, existing: Vote, choice: str) -> VoteOutcome:
