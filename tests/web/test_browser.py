@@ -87,7 +87,9 @@ def test_battle_in_the_browser_streams_votes_and_reveals(
     # After the vote the textbox is closed, and Send with it, looking disabled too.
     expect(page.locator("#battle-prompt textarea")).to_be_disabled()
     expect(page.locator("#battle-send")).to_be_disabled()
-    assert float(page.locator("#battle-send").evaluate("b => getComputedStyle(b).opacity")) < 0.6
+    # (waited for: the button fades with a CSS transition)
+    page.wait_for_function("() => parseFloat(getComputedStyle(document.querySelector('#battle-send')).opacity) < 0.6",
+                           timeout=10_000)
     page.screenshot(path=str(artifacts_dir / "arena_battle_voted.png"), full_page=True)
     page.set_viewport_size({"width": 1280, "height": 860})
     page.screenshot(path=str(artifacts_dir / "readme_arena_battle.png"))  # docs/arena_battle.png
