@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 # The pure, dependency-light packages are type-checked strictly enough to catch real bugs.
-MYPY_PATHS := arena/config.py arena/identity.py arena/moderation.py arena/battles arena/progress.py arena/leaderboard arena/db arena/providers arena/ranking arena/judge arena/export arena/decontam serving/kernels serving/gateway
+MYPY_PATHS := arena/config.py arena/identity.py arena/moderation.py arena/battles arena/prompt_limits.py arena/progress.py arena/leaderboard arena/db arena/providers arena/ranking arena/judge arena/export arena/decontam serving/kernels serving/gateway
 
 .PHONY: install demo serve test lint typecheck pytest clean
 

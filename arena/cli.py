@@ -5,6 +5,7 @@ Sub-commands of other parts (``arena export``, ``arena import``, ``arena leaderb
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -12,13 +13,13 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
 import typer
 
 from arena.config import REPO_ROOT, get_settings
 from arena.export.cli import app as export_app
 from arena.imports.cli import app as import_app
 from arena.leaderboard.cli import app as leaderboard_app
+from arena.progress import configure_cli_logging
 
 app = typer.Typer(help="Arena: chat with two anonymous models, vote, rank them.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema (Alembic migrations).", no_args_is_help=True)
@@ -31,6 +32,9 @@ logger = logging.getLogger("arena")
 
 DEMO_MODELS = ("demo-llama-tiny", "demo-qwen-tiny", "demo-mistral-tiny")
 DEMO_SERVING_PORT = 8100
+# The demo models' context window (serving/demo_models.py builds them with it): the page's
+# 8,000-character limit fits, so a long prompt never fails both sides.
+DEMO_CONTEXT_TOKENS = 16384
 
 
 def _alembic_config(url: str | None):  # type: ignore[no-untyped-def]
@@ -78,10 +82,9 @@ def serve(
     host: str = typer.Option(None, help="Bind address (default: ARENA_HOST or 127.0.0.1)"),
     port: int = typer.Option(None, help="Port (default: ARENA_PORT or 7860)"),
     migrate: bool = typer.Option(True, help="Run database migrations first"),
+    announce: str = typer.Option("", hidden=True, help="Extra text printed after the URL once it answers"),
 ) -> None:
     """Serve the arena page, the leaderboard and the JSON API."""
-    import uvicorn
-
     from arena.config import DEFAULT_SECRET_KEY
     from arena.providers.registry import RegistryError
     from arena.web.app import create_app
@@ -100,9 +103,31 @@ def serve(
     except RegistryError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
+    host, port = host or settings.host, port or settings.port
     # uvicorn's own access log records client addresses; the app logs requests without them.
-    uvicorn.run(app, host=host or settings.host, port=port or settings.port, log_level="info",
-                access_log=False, timeout_graceful_shutdown=max(1, round(settings.shutdown_grace_s)))
+    config = {"access_log": False, "timeout_graceful_shutdown": max(1, round(settings.shutdown_grace_s))}
+    run_server(app, host, port, f"Arena: http://{host}:{port}{announce}", **config)
+
+
+def run_server(app: object, host: str, port: int, ready_line: str, **uvicorn_options: object) -> None:
+    """Serve ``app`` with uvicorn; print ``ready_line`` once the port accepts connections (not before:
+    start-up migrates, loads the registry and asks the endpoints for their context windows)."""
+    import asyncio
+
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info",  # type: ignore[arg-type]
+                                           **uvicorn_options))  # type: ignore[arg-type]
+
+    async def serve_and_announce() -> None:
+        serving = asyncio.create_task(server.serve())
+        while not server.started and not serving.done():
+            await asyncio.sleep(0.05)
+        if server.started:
+            typer.echo(ready_line)
+        await serving
+
+    asyncio.run(serve_and_announce())
 
 
 @app.command()
@@ -121,8 +146,8 @@ def demo(
     try:
         os.environ.setdefault("ARENA_MODELS_FILE", str(REPO_ROOT / "data" / "models.toml"))
         get_settings.cache_clear()
-        typer.echo(f"Arena: http://127.0.0.1:{port}  (models served at http://127.0.0.1:{serving_port}/v1)")
-        serve(host="127.0.0.1", port=port, migrate=True)
+        serve(host="127.0.0.1", port=port, migrate=True,
+              announce=f"  (models served at http://127.0.0.1:{serving_port}/v1)")
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -130,15 +155,23 @@ def demo(
 
 def build_demo_models(models_dir: Path) -> None:
     """Build the demo checkpoints once (a few seconds); later runs reuse them."""
-    missing = [name for name in DEMO_MODELS if not (models_dir / name / "config.json").exists()]
+    missing = [name for name in DEMO_MODELS if _demo_context(models_dir / name) < DEMO_CONTEXT_TOKENS]
     if missing:
         logger.info("building demo models %s in %s", missing, models_dir)
         subprocess.run([sys.executable, "-m", "serving.demo_models", "--out", str(models_dir)], check=True)
 
 
+def _demo_context(model_dir: Path) -> int:
+    """The built checkpoint's context window (0 when not built yet)."""
+    config = model_dir / "config.json"
+    return int(json.loads(config.read_text()).get("max_position_embeddings", 0)) if config.exists() else 0
+
+
 def start_demo_model_server(models_dir: Path, port: int, timeout_s: float = 120.0) -> subprocess.Popen[bytes]:
     """Start our OpenAI-compatible engine on the demo models and wait until it answers."""
-    command = [sys.executable, "-m", "serving", "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"]
+    import httpx  # here, not at the top: `arena --help` should not pay for it
+    command = [sys.executable, "-m", "serving", "--host", "127.0.0.1", "--port", str(port), "--device", "cpu",
+               "--max-context", str(DEMO_CONTEXT_TOKENS)]
     for name in DEMO_MODELS:
         command += ["--model", f"{name}={models_dir / name}"]
     process = subprocess.Popen(command)
@@ -157,7 +190,7 @@ def start_demo_model_server(models_dir: Path, port: int, timeout_s: float = 120.
 
 
 def _configure_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_cli_logging()
 
 
 def _redact(url: str) -> str:

@@ -71,7 +71,10 @@ class Settings(BaseSettings):
     access_log: bool = True
 
     # Leaderboard.
-    leaderboard_refresh_s: float = 600.0
+    # Recompute once votes have been quiet for `leaderboard_debounce_s`, and at most
+    # `leaderboard_refresh_s` after a vote while votes keep coming (0: never; compute by hand).
+    leaderboard_debounce_s: float = 5.0
+    leaderboard_refresh_s: float = 60.0
     exclude_anomalous_voters: bool = True
 
     @property

@@ -6,6 +6,7 @@ A disabled bar (``--no-progress``, tests) costs nothing and shows nothing.
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -40,3 +41,15 @@ def progress_bar(description: str, total: int | None = None, enabled: bool = Tru
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=not sys.stderr.isatty()) as progress:
         yield ProgressBar(progress, progress.add_task(description, total=total))
+
+
+# Libraries that log routine chatter at INFO (font cache scans, every HTTP request): a CLI's
+# output shows only their warnings.
+QUIET_LIBRARIES = ("matplotlib", "PIL", "fontTools", "httpx", "httpcore", "urllib3", "filelock")
+
+
+def configure_cli_logging(fmt: str = "%(asctime)s %(levelname)s %(name)s: %(message)s") -> None:
+    """INFO logging for a command's own work, without the INFO lines of chatty libraries."""
+    logging.basicConfig(level=logging.INFO, format=fmt)
+    for name in QUIET_LIBRARIES:
+        logging.getLogger(name).setLevel(logging.WARNING)

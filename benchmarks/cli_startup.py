@@ -1,4 +1,4 @@
-"""Start-up time of the ``arena`` command: every call pays it, ``--help`` included.
+"""Start-up time of the ``arena`` and ``arena-serve`` commands: every call pays it, ``--help`` included.
 
 Runs each command ``--repeat`` times in a fresh interpreter (the venv's console script) and
 reports the median wall time, next to the cumulative import time of ``arena.cli`` from
@@ -25,7 +25,8 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from benchmarks.common import write_result  # noqa: E402
 
-COMMANDS = (["--help"], ["export", "conversations", "--help"], ["leaderboard", "show", "--help"])
+COMMANDS = (["arena", "--help"], ["arena", "export", "conversations", "--help"],
+            ["arena", "leaderboard", "show", "--help"], ["arena-serve", "--help"])
 
 
 def environment(tree: Path | None) -> dict[str, str]:
@@ -36,12 +37,12 @@ def environment(tree: Path | None) -> dict[str, str]:
 
 
 def median_wall_s(argv: list[str], repeat: int, tree: Path | None) -> float:
-    """Median wall time of ``arena <argv>`` over ``repeat`` runs (each must exit 0)."""
-    arena = Path(sys.executable).with_name("arena")
+    """Median wall time of ``<script> <args>`` (the venv's console script) over ``repeat`` runs (each must exit 0)."""
+    script = Path(sys.executable).with_name(argv[0])
     times = []
     for _ in range(repeat):
         start = time.perf_counter()
-        subprocess.run([str(arena), *argv], check=True, capture_output=True, env=environment(tree))
+        subprocess.run([str(script), *argv[1:]], check=True, capture_output=True, env=environment(tree))
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
@@ -64,7 +65,7 @@ def main() -> None:
     trees = {"this tree": None, **({f"baseline {args.baseline}": args.baseline} if args.baseline else {})}
     results = {
         label: {
-            "median_wall_s": {" ".join(["arena", *argv]): median_wall_s(argv, args.repeat, tree) for argv in COMMANDS},
+            "median_wall_s": {" ".join(argv): median_wall_s(argv, args.repeat, tree) for argv in COMMANDS},
             "import_arena_cli_s": import_time_s(tree),
             "commit": subprocess.run(
                 ["git", "-C", str(tree or REPO_ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
@@ -74,10 +75,13 @@ def main() -> None:
     }
     print(f"{'command':<36}" + "".join(f" {label[:24]:>24}" for label in results))
     for argv in COMMANDS:
-        command = " ".join(["arena", *argv])
+        command = " ".join(argv)
         print(f"{command:<36}" + "".join(f" {r['median_wall_s'][command]:>22.3f} s" for r in results.values()))
     print(f"{'import arena.cli (-X importtime)':<36}" + "".join(f" {r['import_arena_cli_s']:>22.3f} s" for r in results.values()))
-    path = write_result("cli_startup", {"repeat": args.repeat, "trees": results}, packages=("typer", "rich", "sqlalchemy"))
+    load = os.getloadavg()
+    print(f"load average during the run: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
+    path = write_result("cli_startup", {"repeat": args.repeat, "trees": results, "load_average": load},
+                        packages=("typer", "rich", "sqlalchemy"))
     print(f"wrote {path}")
 
 

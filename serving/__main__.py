@@ -22,11 +22,12 @@ import logging
 import sys
 from pathlib import Path
 
-from serving.async_engine import AsyncEngine
-from serving.config import EngineConfig
-from serving.engine import Engine
-from serving.scheduler import SCHEDULE_POLICIES
-from serving.sparse.options import add_sparse_arguments, sparse_engine_fields
+from serving.sparse.options import add_sparse_arguments, sparse_engine_fields  # torch-free
+
+# serving.scheduler.SCHEDULE_POLICIES, spelled out: importing it loads torch, and `--help` should
+# not (tests/test_cli_output.py checks that the two agree).
+SCHEDULE_POLICIES = ("lpm", "fcfs")
+
 
 logger = logging.getLogger("serving")
 
@@ -66,8 +67,20 @@ def adapters_by_model(specs: list[tuple[str | None, str, str]], names: list[str]
     return grouped
 
 
+class _DefaultsHelp(argparse.HelpFormatter):
+    """Shows each option's default where it has one (not for unset ones or flags)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default not in (None, False, argparse.SUPPRESS) and "default" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="arena-serve", description="OpenAI-compatible model server.")
+    # torch, transformers and uvicorn are imported only once the arguments are parsed: --help is instant.
+    parser = argparse.ArgumentParser(prog="arena-serve", description="OpenAI-compatible model server.",
+                                     formatter_class=_DefaultsHelp)
     parser.add_argument(
         "--model",
         action="append",
@@ -76,14 +89,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME=PATH",
         help="a served model: name and local Hugging Face-format directory (repeat for several)",
     )
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8100)
+    parser.add_argument("--host", default="127.0.0.1", help="bind address")
+    parser.add_argument("--port", type=int, default=8100, help="port")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: by device)")
     parser.add_argument("--max-running", type=int, default=32, help="requests decoded together")
     parser.add_argument("--max-batch-tokens", type=int, default=512, help="token budget of one step")
-    parser.add_argument("--max-context", type=int, default=None, help="longest prompt + output")
-    parser.add_argument("--kv-memory-gb", type=float, default=None, help="KV pool size per model")
+    parser.add_argument("--max-context", type=int, default=None, help="longest prompt + output (default: the model's, at most 4096)")
+    parser.add_argument("--kv-memory-gb", type=float, default=None, help="KV pool size per model (default: room for --max-running full contexts, at most 32k tokens)")
     parser.add_argument("--no-cuda-graphs", action="store_true", help="run decode eagerly on CUDA")
     parser.add_argument(
         "--no-prefix-cache", action="store_true", help="recompute every prompt (no radix prefix cache)"
@@ -113,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated projections that adapters may adapt (default: q_proj,k_proj,v_proj,"
         "o_proj,gate_proj,up_proj,down_proj); fewer targets, smaller GPU slots",
     )
-    parser.add_argument("--log-level", default="info")
+    parser.add_argument("--log-level", default="info", help="debug, info, warning or error")
     add_sparse_arguments(parser)
     return parser
 
@@ -130,6 +143,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     import uvicorn
 
+    from serving.async_engine import AsyncEngine
+    from serving.config import EngineConfig
+    from serving.engine import Engine
     from serving.server import create_app  # the only FastAPI importer
 
     names = [name for name, _ in args.model]

@@ -19,6 +19,7 @@ same files.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sysconfig
 from dataclasses import dataclass
@@ -39,6 +40,9 @@ from transformers import (
 logger = logging.getLogger(__name__)
 
 VOCAB_SIZE = 2048
+# Context window: room for the arena's longest message (8,000 characters, at most one token per
+# byte) plus a few turns and answers. ``arena demo`` serves them with ``--max-context`` this size.
+DEMO_CONTEXT = 16384
 MEAN_ANSWER_TOKENS = 48
 BIAS_FEATURE_VALUE = 0.5
 SUPPRESSED_WEIGHT = -50.0
@@ -189,7 +193,7 @@ def _make_tokenizer(base: Tokenizer, spec: DemoSpec) -> PreTrainedTokenizerFast:
         eos_token=spec.eos_tokens[0],
         pad_token=spec.eos_tokens[0],
         chat_template=spec.chat_template,
-        model_max_length=2048,
+        model_max_length=DEMO_CONTEXT,
     )
 
 
@@ -198,7 +202,7 @@ def _make_config(spec: DemoSpec, tokenizer: PreTrainedTokenizerFast) -> Pretrain
     return spec.config_cls(
         vocab_size=len(tokenizer),
         hidden_size=128,
-        max_position_embeddings=2048,
+        max_position_embeddings=DEMO_CONTEXT,
         bos_token_id=tokenizer.convert_tokens_to_ids(spec.bos_token),
         eos_token_id=eos_ids[0] if len(eos_ids) == 1 else eos_ids,
         pad_token_id=eos_ids[0],
@@ -293,12 +297,20 @@ def build_demo_models(out_dir: str | Path, names: list[str] | None = None, force
     unknown = set(names or []) - {s.name for s in specs}
     if unknown:
         raise ValueError(f"unknown demo models {sorted(unknown)}; known: {DEMO_NAMES}")
-    todo = [s for s in specs if force or not (out_dir / s.name / "model.safetensors").is_file()]
+    todo = [s for s in specs if force or not _is_current(out_dir / s.name)]
     if todo:
         base_tokenizer = train_tokenizer(corpus_texts())
         for spec in todo:
             build_demo_model(spec, base_tokenizer, out_dir)
     return [out_dir / s.name for s in specs]
+
+
+def _is_current(model_dir: Path) -> bool:
+    """Built, and with today's context window (older builds had 2,048 tokens)."""
+    config = model_dir / "config.json"
+    if not (model_dir / "model.safetensors").is_file() or not config.is_file():
+        return False
+    return bool(json.loads(config.read_text()).get("max_position_embeddings", 0) >= DEMO_CONTEXT)
 
 
 def main(argv: list[str] | None = None) -> None:

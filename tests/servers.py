@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import subprocess
@@ -48,11 +49,16 @@ def serve_app(app: object, *, timeout_s: float = 30.0) -> Iterator[str]:
 
 
 DEMO_MODELS = ("demo-llama-tiny", "demo-qwen-tiny", "demo-mistral-tiny")
+DEMO_CONTEXT_TOKENS = 16384  # as `arena demo` serves them (arena/cli.py)
 
 
 def build_demo_models(out_dir: Path) -> Path:
     """Build the demo checkpoints (seconds) unless they are already there."""
-    if not all((out_dir / name / "config.json").exists() for name in DEMO_MODELS):
+    def current(name: str) -> bool:
+        config = out_dir / name / "config.json"
+        return config.exists() and json.loads(config.read_text())["max_position_embeddings"] >= DEMO_CONTEXT_TOKENS
+
+    if not all(current(name) for name in DEMO_MODELS):
         subprocess.run([sys.executable, "-m", "serving.demo_models", "--out", str(out_dir)], check=True)
     return out_dir
 
@@ -61,7 +67,8 @@ def build_demo_models(out_dir: Path) -> Path:
 def demo_model_server(models_dir: Path, *, timeout_s: float = 180.0) -> Iterator[str]:
     """Our own engine (``python -m serving``) serving the demo models on the CPU; yields its /v1 URL."""
     port = free_port()
-    command = [sys.executable, "-m", "serving", "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"]
+    command = [sys.executable, "-m", "serving", "--host", "127.0.0.1", "--port", str(port), "--device", "cpu",
+               "--max-context", str(DEMO_CONTEXT_TOKENS)]
     for name in DEMO_MODELS:
         command += ["--model", f"{name}={models_dir / name}"]
     process = subprocess.Popen(command, cwd=REPO_ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})

@@ -39,6 +39,9 @@ def _respond(request: ChatRequest) -> Reply | str:
     prompt = request.last_user_message
     if "who are you" in prompt:
         return f"I am {request.model}, nice to meet you."
+    if "too much context" in prompt and request.model == "bravo-13b":  # a context window the registry doesn't know
+        return Reply(status=400, error_message="This model's maximum context length is 2048 tokens. However, "
+                                               "your messages resulted in 2100 tokens.")
     if "crash" in prompt and request.model == "bravo-13b":
         return Reply(status=500, error_message="the GPU caught fire")
     turns = sum(1 for m in request.messages if m["role"] == "user")
@@ -164,6 +167,15 @@ async def test_one_failing_endpoint_keeps_the_other_answer_and_blocks_the_vote(
         assert {bool(m.error) for m in stored} == {True, False}  # recorded as failed, not lost
 
 
+async def test_a_context_length_error_is_explained_without_naming_the_model(service: ArenaService) -> None:
+    battle = service.create_battle("visitor-4c", "named", "alpha-7b", "bravo-13b")
+    final = (await play(service, battle.id, "visitor-4c", "too much context"))[-1]
+    assert final.status == BattleStatus.FAILED
+    error = final.sides["b"].error or ""
+    assert "longer than this model's context window" in error and "start a new round" in error
+    assert "bravo" not in error
+
+
 async def test_unreachable_endpoint_is_an_error_on_its_side(db_sessions, tmp_path: Path, fake_models) -> None:
     service = make_service(db_sessions, fake_models.base_url, tmp_path)
     dead = ModelSpec("charlie-2", f"http://127.0.0.1:{free_port()}/v1", "charlie-2")
@@ -219,8 +231,33 @@ async def test_prompt_limits(service: ArenaService) -> None:
     battle = service.create_battle("visitor-9")
     with pytest.raises(ArenaError, match="type a message"):
         await play(service, battle.id, "visitor-9", "   ")
-    with pytest.raises(ArenaError, match="the limit is 8000"):
+    with pytest.raises(ArenaError, match="Your message has 8,001 characters; the limit is 8,000"):
         await play(service, battle.id, "visitor-9", "x" * 8001)
+
+
+async def test_limits_follow_the_models_context_window(db_sessions, fake_models: FakeOpenAI, tmp_path: Path) -> None:
+    """A model with a 600-token context and 100-token answers takes messages of at most 476
+    characters (8 + 16 tokens of template); a conversation that would overflow it is refused
+    before anything is sent or stored, instead of failing at the endpoint."""
+    registry_file = tmp_path / "small.toml"
+    registry_file.write_text(registry_toml(fake_models.base_url, MODELS, max_tokens=100, context_tokens=600))
+    settings = Settings(database_url="sqlite://", models_file=registry_file, provider_max_retries=0)
+    service = ArenaService(db_sessions, ModelRegistry.from_toml(registry_file),
+                           WordListModerator.from_file(REPO_ROOT / "data" / "moderation_words.txt"), settings)
+    service.sync_models()
+    assert service.prompt_limits.message_limit() == 476
+    battle = service.create_battle("visitor-ctx")
+    with pytest.raises(ArenaError, match=r"the limit is 476 \(what the models' 600-token context window"):
+        await play(service, battle.id, "visitor-ctx", "y" * 477)
+    updates = await play(service, battle.id, "visitor-ctx", "y" * 300)
+    assert updates[-1].status == BattleStatus.READY
+    with pytest.raises(ArenaError, match="no longer fits the models' context window"):
+        await play(service, battle.id, "visitor-ctx", "z" * 300)
+    with db_sessions() as session:
+        prompts = session.scalars(select(Message.content).join(Conversation).where(
+            Conversation.battle_id == battle.id, Message.role == "user")).all()
+    assert sorted(len(p) for p in prompts) == [300, 300]  # one turn, stored once per side
+    await service.aclose()
 
 
 async def test_moderation_refuses_and_records_the_flag(service: ArenaService, db_sessions) -> None:

@@ -51,6 +51,7 @@ from arena.db.models import (
     VoteChoice,
 )
 from arena.moderation import Moderator
+from arena.prompt_limits import PromptLimits
 from arena.providers.client import ChatClient, StreamChunk
 from arena.providers.registry import ModelRegistry, ModelSpec
 
@@ -110,6 +111,7 @@ class ArenaService:
         self.registry = registry
         self.moderator = moderator
         self.settings = settings
+        self.prompt_limits = PromptLimits(settings.max_prompt_chars, registry)
         self.sampler = sampler or make_pair_sampler(settings.sampling_policy, sessions)
         self.rate_limiter = rate_limiter or build_rate_limiter(settings.rate_limit_redis_url)
         self._client_factory = client_factory or (
@@ -268,7 +270,7 @@ class ArenaService:
         """
         prompt = self._check_prompt_shape(prompt)
         _check_id(battle_id)
-        await self.run_blocking(self._check_turn_allowed, battle_id, visitor_id)
+        await self.run_blocking(self._check_turn_allowed, battle_id, visitor_id, prompt)
         await self._moderate(prompt, visitor_id, battle_id=battle_id)
         jobs = await self.run_blocking(self._begin_battle_turn, battle_id, prompt)
         async for snapshot in self._run_battle_turn(battle_id, jobs):
@@ -281,11 +283,13 @@ class ArenaService:
         async for snapshot in self._run_battle_turn(battle_id, jobs):
             yield snapshot
 
-    def _check_turn_allowed(self, battle_id: str, visitor_id: str) -> None:
+    def _check_turn_allowed(self, battle_id: str, visitor_id: str, prompt: str) -> None:
         with self.sessions() as session:
             battle = self._owned_battle(session, battle_id, visitor_id)
             if battle.turn_count >= self.settings.max_turns:
                 raise ConflictError(f"this battle reached {self.settings.max_turns} turns; vote or start a new round")
+            for conversation in self._conversations(session, battle_id):
+                self._check_context(conversation, prompt)
         self._take_turn_slot(visitor_id)
 
     def _begin_battle_turn(self, battle_id: str, prompt: str) -> dict[str, SideJob]:
@@ -367,19 +371,20 @@ class ArenaService:
         """One turn of a direct chat, streamed; stored like a battle's side."""
         prompt = self._check_prompt_shape(prompt)
         _check_id(conversation_id)
-        await self.run_blocking(self._check_chat_allowed, conversation_id, visitor_id)
+        await self.run_blocking(self._check_chat_allowed, conversation_id, visitor_id, prompt)
         await self._moderate(prompt, visitor_id, conversation_id=conversation_id)
         job = await self.run_blocking(self._begin_chat_turn, conversation_id, prompt)
         async for snapshot in self._run({"a": job}, self.recorder.for_chat(conversation_id, job)):
             yield snapshot.sides["a"]
 
-    def _check_chat_allowed(self, conversation_id: str, visitor_id: str) -> None:
+    def _check_chat_allowed(self, conversation_id: str, visitor_id: str, prompt: str) -> None:
         with self.sessions() as session:
             conversation = session.get(Conversation, conversation_id)
             if conversation is None or conversation.battle_id is not None:
                 raise NotFoundError("no such chat")
             if conversation.visitor_id != visitor_id:
                 raise ForbiddenError("this chat belongs to another visitor")
+            self._check_context(conversation, prompt)
         self._take_turn_slot(visitor_id)
 
     def _begin_chat_turn(self, conversation_id: str, prompt: str) -> SideJob:
@@ -469,11 +474,16 @@ class ArenaService:
             raise ArenaError("Please type a message first.")
         if "\x00" in prompt:
             raise ArenaError("Your message contains a NUL character (\\u0000); remove it and send again.")
-        if len(prompt) > self.settings.max_prompt_chars:
-            raise ArenaError(
-                f"Your message has {len(prompt)} characters; the limit is {self.settings.max_prompt_chars}."
-            )
+        too_long = self.prompt_limits.too_long(prompt)
+        if too_long:
+            raise ArenaError(too_long)
         return prompt
+
+    def _check_context(self, conversation: Conversation, prompt: str) -> None:
+        """Refuse a turn that would overflow the model's context window (the endpoint would fail it)."""
+        overflow = self.prompt_limits.overflow([conversation.model_name], _history(conversation), prompt)
+        if overflow:
+            raise ArenaError(overflow)
 
     def _take_turn_slot(self, visitor_id: str) -> None:
         self._take_slot("turn", visitor_id, self.settings.rate_limit_turns, "messages")

@@ -206,6 +206,9 @@ async def wait_for_runs(runs: set[TurnRun], timeout_s: float) -> int:
 
 
 def _describe_error(error: BaseException) -> str:
+    if isinstance(error, ProviderError) and error.status_code == 400 and "context length" in str(error):
+        return ("the conversation is longer than this model's context window, so it could not answer; "
+                "start a new round")
     if isinstance(error, ProviderError):
         return str(error)
     return f"the model failed: {type(error).__name__}: {error}"

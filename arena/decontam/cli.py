@@ -21,6 +21,7 @@ from typing import Annotated, Any
 import typer
 
 from arena.decontam.records import BadRecordError, InputError
+from arena.progress import configure_cli_logging
 
 logger = logging.getLogger(__name__)
 
@@ -136,7 +137,7 @@ def scan(
     from arena.decontam.pipeline import ResumeError, ScanOptions, run_scan
     from arena.decontam.scanner import StageConfig
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    configure_cli_logging("%(levelname)s %(name)s: %(message)s")
     if executor not in ("local", "ray"):
         raise typer.BadParameter("must be 'local' or 'ray'", param_hint="--executor")
     if on_bad_record not in ("skip", "fail"):
@@ -196,7 +197,7 @@ def filter_command(
     """Write the corpus without the documents a scan found contaminated."""
     from arena.decontam.filtering import filter_corpus
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    configure_cli_logging("%(levelname)s %(name)s: %(message)s")
     try:
         result = filter_corpus(corpus, corpus_field, matches, out, include_suspected=include_suspected,
                                on_error=on_bad_record)  # type: ignore[arg-type]

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING
 import typer
 from rich.console import Console
 from rich.table import Table
-from sqlalchemy.exc import SQLAlchemyError
 
 from arena.config import get_settings
 from arena.export.datasets import DATASET_DESCRIPTIONS
@@ -30,6 +29,7 @@ from arena.export.release import (
     ReleasePolicy,
     derive_release_key,
 )
+from arena.progress import configure_cli_logging
 
 if TYPE_CHECKING:
     from arena.export.pipeline import ExportResult
@@ -86,7 +86,9 @@ def _as_date(value: datetime | None) -> date | None:
 
 
 def _run(dataset: str, **kwargs: object) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from sqlalchemy.exc import SQLAlchemyError  # here: `arena --help` should not load SQLAlchemy
+
+    configure_cli_logging("%(levelname)s %(name)s: %(message)s")
     try:
         result = _export(dataset, **kwargs)  # type: ignore[arg-type]
     except (ExportError, OSError, ValueError) as exc:

@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import Engine, Select, func, select
+from sqlalchemy import Engine, Select, exists, func, select
 
 from arena.db import Battle, Conversation, Flag, FlagKind, Message, Model, Visitor, Vote
 from arena.db.models import LIVE_SOURCE
@@ -123,7 +123,11 @@ class ConversationSource(_IdOrderedSource):
         return [Conversation.model_name.in_(self.models), *_in_range(Conversation.created_at, self.filters)]
 
     def _count_query(self) -> Select:
-        return select(func.count(Conversation.id)).where(*self._conditions())
+        # Only conversations with a message to export: a battle created but never played has two
+        # empty conversations, which the reading query (a join on messages) never yields.
+        has_message = exists().where(Message.conversation_id == Conversation.id, Message.role.in_(EXPORTED_ROLES),
+                                     Message.content != "")
+        return select(func.count(Conversation.id)).where(*self._conditions(), has_message)
 
     def _query(self, after_id: str | None) -> Select:
         query: Select = (

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 from typing import TYPE_CHECKING
 
 import typer
@@ -11,8 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from arena.config import get_settings
-from arena.db.models import OVERALL_CATEGORY
-from arena.db.session import get_engine, session_factory
+from arena.progress import configure_cli_logging
 
 if TYPE_CHECKING:  # the job and views (pandas, scipy, lingua) are imported by the commands that run
     from arena.leaderboard.view import LeaderboardView
@@ -20,7 +18,14 @@ if TYPE_CHECKING:  # the job and views (pandas, scipy, lingua) are imported by t
 app = typer.Typer(help="The leaderboard: compute snapshots from the votes, show them.", no_args_is_help=True)
 
 
+# arena.db.models.OVERALL_CATEGORY, spelled out: importing the models (SQLAlchemy) would slow
+# down every `arena --help` (tests check that the two agree).
+OVERALL_CATEGORY = "overall"
+
+
 def _sessions(url: str | None):  # type: ignore[no-untyped-def]
+    from arena.db.session import get_engine, session_factory
+
     return session_factory(get_engine(url or get_settings().database_url))
 
 
@@ -45,7 +50,7 @@ def compute(
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--source") from exc
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_cli_logging()
     exclude_anomalous = (
         get_settings().exclude_anomalous_voters if include_anomalous is None else not include_anomalous
     )
@@ -61,23 +66,35 @@ def compute(
 
 
 def _table(view: LeaderboardView) -> Table:
+    """The same cells as the page and the Gradio tab (:mod:`arena.leaderboard.display`)."""
+    from arena.leaderboard.display import NUMERIC_COLUMNS, columns, display_rows
+
     title = f"Leaderboard · {view.category}{' · style control' if view.style_control else ''}"
     table = Table(title=title, caption=_caption(view))
-    for column, justify in (("Rank", "right"), ("Model", "left"), ("Rating", "right"), ("95% CI", "right"),
-                            ("Votes", "right"), ("Organization", "left"), ("License", "left")):
-        table.add_column(column, justify=justify)  # type: ignore[arg-type]
-    for r in view.rows:
-        table.add_row(str(r["rank"]), r["model"], f"{r['rating']:.0f}",
-                      f"+{r['ci_upper'] - r['rating']:.0f}/-{r['rating'] - r['ci_lower']:.0f}",
-                      str(r["votes"]), r["organization"], r["license"])
+    for column in columns(view.rows):
+        # Model names are never cut or wrapped: other columns give way first.
+        table.add_column(column, justify="right" if column in NUMERIC_COLUMNS else "left",
+                         no_wrap=column in ("Model", *NUMERIC_COLUMNS))
+    for row in display_rows(view.rows):
+        table.add_row(*row.values())
     return table
 
 
+def _print_table(table: Table) -> None:
+    """In a terminal, its width; piped or redirected, as wide as the table (rich would use 80
+    columns and cut long model names)."""
+    console = Console()
+    if not console.is_terminal:
+        needed = console.measure(table, options=console.options.update_width(10_000)).maximum
+        console = Console(width=max(console.width, needed))
+    console.print(table)
+
+
 def _caption(view: LeaderboardView) -> str:
-    updated = view.updated_at.strftime("%Y-%m-%d %H:%M UTC") if view.updated_at else "never"
+    updated = view.updated_at.strftime("%Y-%m-%d %H:%M:%S UTC") if view.updated_at else "never"
     excluded = ", ".join(f"{n} {kind}" for kind, n in view.exclusions.items() if n) or "none"
     sources = ", ".join(f"{n} {source}" for source, n in view.sources.items()) or "none"
-    return f"{view.vote_count} votes ({sources}) · updated {updated} · excluded: {excluded}"
+    return f"{view.vote_count} votes ({sources}) · computed at {updated} · excluded: {excluded}"
 
 
 @app.command()
@@ -94,14 +111,22 @@ def show(
         raise typer.BadParameter("use table, json or csv", param_hint="--output")
     with _sessions(url)() as session:
         view = latest_view(session, category, style_control)
+        computed = view.updated_at is not None or latest_view(session).updated_at is not None
+    if computed and view.updated_at is None and category not in view.categories:
+        typer.echo(f"No category {category!r} in the leaderboard; known: {', '.join(view.categories)}.", err=True)
+        raise typer.Exit(1)
+    if view.empty:
+        reason = ("No ratings yet: vote in some battles, then run `arena leaderboard compute` "
+                  "(a running `arena serve` recomputes a few seconds after votes)."
+                  if not computed else
+                  f"No counted votes in {category!r}{' with style information' if style_control else ''} yet.")
+        typer.echo(reason, err=output != "table")
+        if output == "table":
+            return
     if output == "json":
         typer.echo(json.dumps({"category": view.category, "style_control": view.style_control,
                                "vote_count": view.vote_count, "rows": view.rows}, indent=2))
     elif output == "csv":
         typer.echo(view.as_frame().to_csv(index=False), nl=False)
-    elif view.empty:
-        typer.echo("No ratings yet: vote in some battles, then run `arena leaderboard compute`.")
-        if view.updated_at is None and category != OVERALL_CATEGORY:
-            typer.echo(f"Known categories: {', '.join(view.categories)}")
     else:
-        Console().print(_table(view))
+        _print_table(_table(view))

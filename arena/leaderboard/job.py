@@ -61,7 +61,6 @@ from arena.ranking import (
     StyleConfig,
     battle_style,
     bootstrap_bt,
-    elo_history,
     fit_bt,
     fit_style_bt,
     leaderboard_table,
@@ -263,14 +262,25 @@ def _matrix_payload(frame: pd.DataFrame, order: list[str]) -> dict[str, Any]:
     return {"models": order, "values": values}
 
 
-def _history_payload(votes: pd.DataFrame, freq: str, models: list[str]) -> dict[str, Any]:
+def _history_payload(votes: pd.DataFrame, freq: str, models: list[str], options: LeaderboardOptions) -> dict[str, Any]:
+    """Bradley-Terry ratings from the votes up to the end of each period (the last
+    ``HISTORY_PERIODS``), fitted and anchored as the table is: the chart and the table share
+    one scale, and the last point is the table's rating."""
     if votes.empty:
         return {"times": [], "series": {}}
     frame = votes[["model_a", "model_b", "winner"]].copy()
-    frame["timestamp"] = pd.to_datetime(votes["timestamp"], utc=True)
-    history = elo_history(frame, freq=freq).tail(HISTORY_PERIODS)
-    series = {m: [None if pd.isna(v) else round(float(v), 1) for v in history[m]] for m in models if m in history}
-    return {"times": [t.isoformat() for t in history.index], "series": series}
+    frame["period"] = pd.to_datetime(votes["timestamp"], utc=True).dt.floor(freq)
+    per_period = frame.groupby(["period", "model_a", "model_b", "winner"]).size().rename("count").reset_index()
+    periods = sorted(per_period["period"].unique())[-HISTORY_PERIODS:]
+    series: dict[str, list[float | None]] = {m: [] for m in models}
+    for period in periods:
+        upto = per_period[per_period["period"] <= period]
+        grouped = upto.groupby(["model_a", "model_b", "winner"], as_index=False)["count"].sum()
+        ratings = fit_bt(pair_counts_from_grouped(grouped), LEADERBOARD_BT, options.scale).ratings
+        for model in models:
+            value = ratings.get(model)
+            series[model].append(round(float(value), 1) if value is not None and np.isfinite(value) else None)
+    return {"times": [pd.Timestamp(p).strftime("%Y-%m-%d") for p in periods], "series": series}
 
 
 def _rows_payload(table: pd.DataFrame, meta: dict[str, tuple[str, str]]) -> list[dict[str, Any]]:
@@ -316,7 +326,7 @@ def build_snapshots(
             plain["unrated"] = unrated
             plain["win_rate"] = _matrix_payload(counts.win_rate_matrix(), order)
             plain["battle_counts"] = _matrix_payload(counts.matrix(), order)
-            plain["history"] = _history_payload(in_votes, options.history_freq, order)
+            plain["history"] = _history_payload(in_votes, options.history_freq, order, options)
         snapshots.append(LeaderboardSnapshot(created_at=now, category=category, style_control=False,
                                              vote_count=vote_count, payload=plain))
         styled = _style_frame(in_votes)

@@ -14,6 +14,7 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any, cast
 
+import httpx
 import openai
 from openai import AsyncOpenAI, AsyncStream
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
@@ -225,3 +226,50 @@ def _as_provider_error(exc: openai.OpenAIError, model_id: str) -> ProviderError:
             status_code=exc.status_code,
         )
     return ProviderError(f"{model_id}: {exc}")
+
+
+# Where OpenAI-compatible servers report a model's context window in ``GET /models``:
+# vLLM, SGLang and ``arena-serve`` say ``max_model_len``; others ``context_length`` or ``context_window``.
+_CONTEXT_FIELDS = ("max_model_len", "context_length", "context_window")
+
+
+def discover_context_windows(specs: list[ModelSpec], timeout_s: float = 3.0) -> dict[str, int]:
+    """Ask each endpoint's ``GET /models`` for the context window of the models whose registry
+    entry does not state ``context_tokens``; returns {model name: tokens} for those it reports.
+
+    Best effort at start-up: an endpoint that is down or does not report one is logged and
+    skipped (its models then have no context limit on the arena's side).
+    """
+    wanted = [spec for spec in specs if spec.context_tokens is None]
+    found: dict[str, int] = {}
+    listings: dict[tuple[str, str], dict[str, int]] = {}
+    for spec in wanted:
+        key = (spec.base_url, spec.api_key())
+        if key not in listings:
+            listings[key] = _listed_context_windows(spec, timeout_s)
+        if spec.model_id in listings[key]:
+            found[spec.name] = listings[key][spec.model_id]
+    missing = sorted(spec.name for spec in wanted if spec.name not in found)
+    if missing:
+        logger.info("no context window known for %s (set context_tokens in the registry)", ", ".join(missing))
+    return found
+
+
+def _listed_context_windows(spec: ModelSpec, timeout_s: float) -> dict[str, int]:
+    """{served model id: context window} as the endpoint of ``spec`` lists them."""
+    try:
+        response = httpx.get(f"{spec.base_url}/models", timeout=timeout_s,
+                             headers={"Authorization": f"Bearer {spec.api_key()}"})
+        response.raise_for_status()
+        entries = response.json().get("data", [])
+    except (httpx.HTTPError, ValueError, AttributeError) as exc:
+        logger.info("could not list the models at %s: %s", spec.base_url, exc)
+        return {}
+    windows = {}
+    for entry in entries if isinstance(entries, list) else []:
+        if not isinstance(entry, dict):
+            continue
+        value = next((entry[f] for f in _CONTEXT_FIELDS if entry.get(f)), None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            windows[str(entry.get("id"))] = value
+    return windows

@@ -9,6 +9,7 @@ Each ``[[models]]`` table names one model and the OpenAI-compatible endpoint ser
     api_key_env = "OPENAI_API_KEY"             # env var holding the key (optional)
     weight = 1.0                               # relative sampling weight in battles
     max_tokens = 512
+    context_tokens = 8192                      # the context window (optional: else asked of the endpoint)
     organization = "Arena demo"
     license = "Apache-2.0"
     tags = ["open", "demo"]                    # e.g. open/proprietary, release-ok
@@ -24,7 +25,7 @@ import os
 import re
 import tomllib
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,7 @@ class ModelSpec:
     api_key_env: str | None = None
     weight: float = 1.0
     max_tokens: int = 512
+    context_tokens: int | None = None  # prompt + answer, in tokens; None: unknown
     organization: str = ""
     license: str = ""
     tags: tuple[str, ...] = field(default_factory=tuple)
@@ -99,6 +101,14 @@ class ModelRegistry(Mapping[str, ModelSpec]):
 
     def names(self) -> list[str]:
         return list(self._specs)
+
+    def with_context_windows(self, windows: Mapping[str, int]) -> ModelRegistry:
+        """A copy where models without ``context_tokens`` take the window given for them (if any)."""
+        return ModelRegistry([
+            replace(spec, context_tokens=windows[name])
+            if spec.context_tokens is None and windows.get(name, 0) > spec.max_tokens else spec
+            for name, spec in self._specs.items()
+        ])
 
     @classmethod
     def from_toml_text(cls, text: str, source: str = "<string>") -> ModelRegistry:
@@ -167,6 +177,12 @@ def _spec_from_table(table: dict[str, Any], where: str) -> ModelSpec:
     max_tokens = table.get("max_tokens", 512)
     if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens <= 0:
         raise RegistryError(f"{where}: max_tokens must be a positive integer, got {max_tokens!r}")
+    context_tokens = table.get("context_tokens")
+    if context_tokens is not None and (
+        not isinstance(context_tokens, int) or isinstance(context_tokens, bool) or context_tokens <= max_tokens
+    ):
+        raise RegistryError(f"{where}: context_tokens must be an integer above max_tokens ({max_tokens}), "
+                            f"got {context_tokens!r}")
     tags = table.get("tags", [])
     if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
         raise RegistryError(f"{where}: tags must be a list of strings")
@@ -182,6 +198,7 @@ def _spec_from_table(table: dict[str, Any], where: str) -> ModelSpec:
         api_key_env=table.get("api_key_env") or None,
         weight=float(weight),
         max_tokens=max_tokens,
+        context_tokens=context_tokens,
         organization=str(table.get("organization", "")),
         license=str(table.get("license", "")),
         tags=tuple(tags),

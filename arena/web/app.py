@@ -12,6 +12,7 @@ import gradio as gr
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -23,10 +24,11 @@ from arena.db.session import get_engine, session_factory
 from arena.identity import VisitorIdentity
 from arena.leaderboard.refresher import LeaderboardRefresher
 from arena.moderation import build_moderator
+from arena.providers.client import discover_context_windows
 from arena.providers.registry import load_registry
 from arena.web.api import error_json, error_response, errors_documented
 from arena.web.api import router as api_router
-from arena.web.arena_ui import build_arena_ui
+from arena.web.arena_ui import ARENA_CSS, ARENA_THEME, build_arena_ui
 from arena.web.leaderboard import leaderboard_tab
 from arena.web.leaderboard import router as leaderboard_router
 from arena.web.visitors import VisitorCookieMiddleware
@@ -40,10 +42,15 @@ DATABASE_RETRY_AFTER_S = 5
 
 
 def build_service(settings: Settings) -> ArenaService:
-    """The battle service wired to the configured database, registry and moderator."""
+    """The battle service wired to the configured database, registry and moderator.
+
+    Models whose registry entry gives no ``context_tokens`` take the context window their
+    endpoint reports, so the page's message limit fits every model."""
+    registry = load_registry(settings.models_file)
+    registry = registry.with_context_windows(discover_context_windows(list(registry.values())))
     return ArenaService(
         session_factory(get_engine(settings.database_url)),
-        load_registry(settings.models_file),
+        registry,
         build_moderator(settings.moderation_wordlist, settings.openai_api_key),
         settings,
     )
@@ -65,13 +72,17 @@ def create_app(settings: Settings | None = None, service: ArenaService | None = 
         await refresher.stop()
         await service.aclose()  # stops open turns after a bounded wait, storing what they received
 
-    app = FastAPI(
+    # Swagger UI from files shipped in the fastapi-offline package: the docs work offline. (Not
+    # its ReDoc page: ReDoc's sidebar loads a logo from its CDN.)
+    app = FastAPIOffline(
         title="Arena",
         description="Chat with two anonymous models, vote, and see the leaderboard.",
         version="0.1.0",
         lifespan=lifespan,
         openapi_url="/api/v1/openapi.json",
         docs_url="/api/v1/docs",
+        redoc_url=None,
+        static_url="/api/v1/docs-static",
     )
     app.state.service = service
     app.state.settings = settings
@@ -90,7 +101,7 @@ def create_app(settings: Settings | None = None, service: ArenaService | None = 
     leaderboard_responses = {200: {"content": {"application/json": {}, "text/csv": {}}}, **errors_documented(400, 404)}
     app.include_router(leaderboard_router, responses=leaderboard_responses)
     blocks = build_arena_ui(service, identity, leaderboard_tab=leaderboard_tab(service.sessions))
-    return gr.mount_gradio_app(app, blocks, path="/", footer_links=["api"])
+    return gr.mount_gradio_app(app, blocks, path="/", footer_links=["api"], css=ARENA_CSS, theme=ARENA_THEME)
 
 
 def _add_error_handlers(app: FastAPI) -> None:

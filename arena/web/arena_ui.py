@@ -4,6 +4,9 @@ Per-visitor state lives in ``gr.State`` (the battle or chat id) and in the datab
 visitor is known by the signed cookie the middleware sets.  Handlers stream both answers
 as they arrive and show every refusal (empty prompt, moderation, rate limit, failed model)
 as a message on the page.
+
+Labels and messages are plain text, never emoji: a machine without an emoji font would show
+boxes where the meaning is.
 """
 
 from __future__ import annotations
@@ -21,11 +24,27 @@ from arena.web.visitors import visitor_id_of_gradio
 
 logger = logging.getLogger(__name__)
 
-VOTE_LABELS = {"a": "👈 A is better", "b": "👉 B is better", "tie": "🤝 Tie", "both_bad": "👎 Both are bad"}
+VOTE_LABELS = {"a": "A is better", "b": "B is better", "tie": "Tie", "both_bad": "Both are bad"}
 
-CSS = """
+TAB_INTROS = {
+    "battle": "Ask anything. Two anonymous models answer side by side; vote for the better answer, "
+              "and only then see who they are.",
+    "named": "Pick two models and compare their answers side by side; votes here count too.",
+    "chat": "Chat with one model of your choice.",
+}
+
+# Gradio's default theme fetches its fonts from Google Fonts; offline, glyphs fall back
+# letter by letter. The machine's own fonts look the same everywhere.
+ARENA_THEME = gr.themes.Default(font=["system-ui", "Segoe UI", "Roboto", "Helvetica", "Arial", "sans-serif"],
+                                font_mono=["ui-monospace", "Menlo", "Consolas", "monospace"])
+
+ARENA_CSS = """
 #arena-header h1 { margin-bottom: 0; }
 .vote-row button { min-width: 8em; }
+/* Gradio's chatbot has a Clear button that would wipe one side of a battle: not in battle panes. */
+.battle-chat button[aria-label="Clear"], .battle-chat button[title="Clear"] { display: none !important; }
+/* A disabled button must look disabled (the primary variant keeps its colour otherwise). */
+button:disabled, button[disabled] { opacity: .45; cursor: not-allowed; filter: grayscale(1); }
 """
 
 
@@ -37,19 +56,22 @@ def build_arena_ui(
     """The whole page; ``leaderboard_tab`` renders the leaderboard tab's content."""
     with gr.Blocks(title="Arena: chat with two anonymous models and vote") as blocks:
         gr.Markdown(
-            "# ⚔️ Arena\nAsk anything. Two anonymous models answer side by side; vote for the better "
-            "answer and only then see who they are. Your conversations and votes are stored and may be "
-            "published (without your identity) to help research.",
+            "# Arena\nCompare language models by chatting with them and voting; the votes rank them on "
+            "the leaderboard. Your conversations and votes are stored and may be published (without your "
+            "identity) to help research.",
             elem_id="arena-header",
         )
         with gr.Tabs():
-            with gr.Tab("⚔️ Arena (battle)", id="battle"):
+            with gr.Tab("Arena (battle)", id="battle"):
+                gr.Markdown(TAB_INTROS["battle"], elem_id="battle-intro")
                 _battle_panel(service, identity, BattleMode.ANONYMOUS, prefix="battle")
-            with gr.Tab("🆚 Side-by-side (named)", id="named"):
+            with gr.Tab("Side-by-side (named)", id="named"):
+                gr.Markdown(TAB_INTROS["named"], elem_id="named-intro")
                 _battle_panel(service, identity, BattleMode.NAMED, prefix="named")
-            with gr.Tab("💬 Direct chat", id="chat"):
+            with gr.Tab("Direct chat", id="chat"):
+                gr.Markdown(TAB_INTROS["chat"], elem_id="chat-intro")
                 _chat_panel(service, identity)
-            with gr.Tab("🏆 Leaderboard", id="leaderboard"):
+            with gr.Tab("Leaderboard", id="leaderboard"):
                 leaderboard_tab()
     return blocks
 
@@ -69,8 +91,10 @@ def _battle_panel(service: ArenaService, identity: VisitorIdentity, mode: str, p
                                      elem_id=f"{prefix}-pick-b"))
     battle_id = gr.State(None)
     with gr.Row():
-        chat_a = gr.Chatbot(label=_side_label("A", None, mode), height=420, elem_id=f"{prefix}-chat-a")
-        chat_b = gr.Chatbot(label=_side_label("B", None, mode), height=420, elem_id=f"{prefix}-chat-b")
+        chat_a = gr.Chatbot(label=_side_label("A", None, mode), height=420, elem_id=f"{prefix}-chat-a",
+                            elem_classes="battle-chat")
+        chat_b = gr.Chatbot(label=_side_label("B", None, mode), height=420, elem_id=f"{prefix}-chat-b",
+                            elem_classes="battle-chat")
     status = gr.Markdown("", elem_id=f"{prefix}-status")
     with gr.Row(elem_classes="vote-row"):
         vote_buttons = {
@@ -78,14 +102,15 @@ def _battle_panel(service: ArenaService, identity: VisitorIdentity, mode: str, p
             for choice, label in VOTE_LABELS.items()
         }
     with gr.Row():
-        prompt = gr.Textbox(placeholder="Type your question and press Enter", show_label=False, scale=8,
-                            elem_id=f"{prefix}-prompt", max_length=service.settings.max_prompt_chars)
+        # No max_length: the browser would cut a longer text silently; the service refuses it with a message.
+        prompt = gr.Textbox(placeholder=_placeholder("Type your question and press Enter", service),
+                            show_label=False, scale=8, elem_id=f"{prefix}-prompt")
         send = gr.Button("Send", variant="primary", scale=1, elem_id=f"{prefix}-send")
     with gr.Row():
-        regenerate = gr.Button("🔄 Regenerate", interactive=False, elem_id=f"{prefix}-regenerate")
-        new_round = gr.Button("🎲 New round", elem_id=f"{prefix}-new-round")
+        regenerate = gr.Button("Regenerate", interactive=False, elem_id=f"{prefix}-regenerate")
+        new_round = gr.Button("New round", elem_id=f"{prefix}-new-round")
 
-    outputs = [chat_a, chat_b, status, battle_id, prompt, regenerate, *vote_buttons.values()]
+    outputs = [chat_a, chat_b, status, battle_id, prompt, send, regenerate, *vote_buttons.values()]
 
     async def on_send(text: str, current: str | None, pick_a: str | None, pick_b: str | None,
                       request: gr.Request) -> AsyncIterator[tuple]:
@@ -133,7 +158,16 @@ def _battle_panel(service: ArenaService, identity: VisitorIdentity, mode: str, p
         return (gr.Chatbot(value=[], label=_side_label("A", None, mode)),
                 gr.Chatbot(value=[], label=_side_label("B", None, mode)),
                 "New round: ask a question.", None, gr.Textbox(value="", interactive=True),
-                gr.Button(interactive=False), *[gr.Button(interactive=False) for _ in VOTE_LABELS])
+                gr.Button(interactive=True), gr.Button(interactive=False),
+                *[gr.Button(interactive=False) for _ in VOTE_LABELS])
+
+    def on_cleared(current: str | None) -> tuple:
+        """Put the stored battle back if a pane was wiped anyway: both sides stay what was voted on."""
+        if current is None:
+            return on_new_round()
+        view = service.get_battle(current)
+        can_send = view.status in (BattleStatus.OPEN, BattleStatus.READY)
+        return _render_view(view, "", current, mode, can_send=can_send)
 
     send_inputs = [prompt, battle_id, *picks]
     send.click(on_send, send_inputs, outputs, concurrency_limit=None)
@@ -142,6 +176,8 @@ def _battle_panel(service: ArenaService, identity: VisitorIdentity, mode: str, p
     for choice, button in vote_buttons.items():
         button.click(on_vote(choice), [battle_id], outputs, concurrency_limit=None)
     new_round.click(on_new_round, None, outputs)
+    for pane in (chat_a, chat_b):
+        pane.clear(on_cleared, [battle_id], outputs)
     if mode == BattleMode.NAMED:
         for pick in picks:
             pick.change(on_new_round, None, outputs)
@@ -160,21 +196,23 @@ def _render_turn(view: BattleView, prompt: str, update: TurnUpdate, battle_id: s
         state = update.sides[side]
         answer = state.text
         if state.error:
-            answer = (answer + "\n\n" if answer else "") + f"⚠️ **Error:** {state.error}"
+            answer = (answer + "\n\n" if answer else "") + f"**Error:** {state.error}"
         history += [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer or "…"}]
         model = view.model_a if side == "a" else view.model_b
         chats.append(gr.Chatbot(value=history, label=_side_label(side.upper(), model, mode)))
     if not update.done:
-        status, can_vote = "⏳ Both models are answering…", False
+        status, can_vote = "Both models are answering…", False
     elif update.status == BattleStatus.READY:
-        status, can_vote = "✅ Both answered. Vote, or keep chatting to see more.", True
+        status, can_vote = "Both answered. Vote, or keep chatting to see more.", True
     else:
-        status, can_vote = "❌ A model failed, so this battle cannot be voted on. Start a new round.", False
+        status, can_vote = "**A model failed**, so this battle cannot be voted on. Start a new round.", False
+    can_send = update.done and update.status != "failed"
     return (
         *chats,
         status,
         battle_id,
-        gr.Textbox(value="" if update.done else prompt, interactive=update.done and update.status != "failed"),
+        gr.Textbox(value="" if update.done else prompt, interactive=can_send),
+        gr.Button(interactive=can_send),
         gr.Button(interactive=update.done),
         *[gr.Button(interactive=can_vote) for _ in VOTE_LABELS],
     )
@@ -187,12 +225,12 @@ def _render_view(view: BattleView, status: str, battle_id: str | None, mode: str
         for side in ("a", "b")
     ]
     can_vote = view.status == BattleStatus.READY
-    return (*chats, status, battle_id, gr.Textbox(interactive=can_send),
+    return (*chats, status, battle_id, gr.Textbox(interactive=can_send), gr.Button(interactive=can_send),
             gr.Button(interactive=can_vote), *[gr.Button(interactive=can_vote) for _ in VOTE_LABELS])
 
 
 def _render_error(service: ArenaService, battle_id: str | None, exc: Exception, prompt: str, mode: str) -> tuple:
-    message = f"⚠️ {exc}"
+    message = f"**Not sent:** {exc}" if prompt else f"**Error:** {exc}"
     view = None
     if battle_id is not None:
         try:
@@ -201,10 +239,14 @@ def _render_error(service: ArenaService, battle_id: str | None, exc: Exception, 
             view = None
     if view is None:
         return (gr.Chatbot(), gr.Chatbot(), message, battle_id, gr.Textbox(value=prompt, interactive=True),
-                gr.Button(), *[gr.Button() for _ in VOTE_LABELS])
+                gr.Button(interactive=True), gr.Button(), *[gr.Button() for _ in VOTE_LABELS])
     can_send = view.status in (BattleStatus.OPEN, BattleStatus.READY)
     rendered = _render_view(view, message, battle_id, mode, can_send=can_send)
     return (*rendered[:4], gr.Textbox(value=prompt, interactive=can_send), *rendered[5:])
+
+
+def _placeholder(text: str, service: ArenaService) -> str:
+    return f"{text} (up to {service.prompt_limits.message_limit():,} characters)"
 
 
 def _drop_last_turn(view: BattleView) -> str:
@@ -226,11 +268,11 @@ def _chat_panel(service: ArenaService, identity: VisitorIdentity) -> None:
     names = list(service.registry)
     model = gr.Dropdown(names, value=names[0] if names else None, label="Model", elem_id="chat-model")
     conversation_id = gr.State(None)
-    chat = gr.Chatbot(height=420, elem_id="chat-chat")
+    chat = gr.Chatbot(label="Conversation", height=420, elem_id="chat-chat")
     status = gr.Markdown("", elem_id="chat-status")
     with gr.Row():
-        prompt = gr.Textbox(placeholder="Type a message", show_label=False, scale=8, elem_id="chat-prompt",
-                            max_length=service.settings.max_prompt_chars)
+        prompt = gr.Textbox(placeholder=_placeholder("Type a message", service), show_label=False, scale=8,
+                            elem_id="chat-prompt")
         send = gr.Button("Send", variant="primary", scale=1, elem_id="chat-send")
 
     async def on_send(text: str, current: str | None, chosen: str, history: list[dict[str, Any]] | None,
@@ -240,11 +282,11 @@ def _chat_panel(service: ArenaService, identity: VisitorIdentity) -> None:
             visitor = visitor_id_of_gradio(request, identity)
             current = current or await service.run_blocking(service.create_chat, visitor, chosen)
             async for state in service.chat_turn(current, visitor, text):
-                answer = state.text + (f"\n\n⚠️ **Error:** {state.error}" if state.error else "")
+                answer = state.text + (f"\n\n**Error:** {state.error}" if state.error else "")
                 shown = history + [{"role": "user", "content": text}, {"role": "assistant", "content": answer or "…"}]
-                yield shown, "", current, ("" if state.done else "⏳ answering…")
+                yield shown, "", current, ("" if state.done else "Answering…")
         except (ArenaError, PermissionError) as exc:
-            yield history, text, current, f"⚠️ {exc}"
+            yield history, text, current, f"**Not sent:** {exc}"
 
     outputs = [chat, prompt, conversation_id, status]
     send.click(on_send, [prompt, conversation_id, model, chat], outputs, concurrency_limit=None)

@@ -13,16 +13,28 @@ import io
 import logging
 from collections.abc import Callable
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
 import gradio as gr
+import pandas as pd
 import plotly.graph_objects as go
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from sqlalchemy.orm import Session, sessionmaker
 
 from arena.db.models import OVERALL_CATEGORY
+from arena.leaderboard.display import (
+    NUMERIC_COLUMNS,
+    PROVISIONAL,
+    PROVISIONAL_MIN_VOTES,
+    columns,
+    display_frame,
+    display_rows,
+    is_provisional,
+)
+from arena.leaderboard.refresher import votes_since
 from arena.leaderboard.view import LeaderboardView, latest_view, mt_bench_scores
 
 logger = logging.getLogger(__name__)
@@ -51,22 +63,48 @@ def read_view(sessions: sessionmaker[Session], category: str, style_control: boo
     return view
 
 
+def pending_votes(sessions: sessionmaker[Session], view: LeaderboardView) -> int:
+    """Votes cast after the snapshot was computed: the refresher counts them within seconds."""
+    with sessions() as session:
+        return votes_since(session, view.updated_at)
+
+
+def computed_at(view: LeaderboardView) -> str:
+    return view.updated_at.strftime("%Y-%m-%d %H:%M:%S UTC") if view.updated_at else "never"
+
+
+def freshness(view: LeaderboardView, pending: int) -> str:
+    """When the ratings were computed, and what is not in them yet."""
+    text = f"Computed at {computed_at(view)}"
+    if pending:
+        text += (f"; {pending} newer vote{'s' if pending != 1 else ''} will be counted in the next update "
+                 "(a few seconds after voting pauses)")
+    return text
+
+
 # ----------------------------------------------------------------------------- figures
 
 
 def rating_figure(view: LeaderboardView) -> go.Figure:
-    """Ratings with their 95% intervals as whiskers, best on the left."""
-    rows = view.rows
-    figure = go.Figure(go.Scatter(
-        x=[r["model"] for r in rows],
-        y=[r["rating"] for r in rows],
-        mode="markers",
-        error_y={"type": "data", "symmetric": False,
-                 "array": [r["ci_upper"] - r["rating"] for r in rows],
-                 "arrayminus": [r["rating"] - r["ci_lower"] for r in rows]},
+    """Ratings with their 95% intervals as whiskers, best on the left; provisional models in grey,
+    without whiskers (their intervals say little yet)."""
+    rows = [r for r in view.rows if r.get("rating") is not None]
+    firm = [r for r in rows if not is_provisional(r)]
+    shaky = [r for r in rows if is_provisional(r)]
+    figure = go.Figure()
+    figure.add_trace(go.Scatter(
+        x=[r["model"] for r in firm], y=[r["rating"] for r in firm], mode="markers", name="rating",
+        marker={"color": ACCENT, "size": 9},
+        error_y={"type": "data", "symmetric": False, "color": ACCENT,
+                 "array": [r["ci_upper"] - r["rating"] for r in firm],
+                 "arrayminus": [r["rating"] - r["ci_lower"] for r in firm]},
     ))
-    figure.update_layout(title="Rating with 95% confidence interval", yaxis_title="rating",
-                         margin={"t": 50, "b": 120}, height=420)
+    if shaky:
+        figure.add_trace(go.Scatter(x=[r["model"] for r in shaky], y=[r["rating"] for r in shaky], mode="markers",
+                                    name=PROVISIONAL, marker={"color": "#9ca3af", "size": 9, "symbol": "circle-open"}))
+    figure.update_layout(title="Rating with 95% confidence interval", yaxis_title="rating", height=420,
+                         margin={"t": 50, "b": 120, "l": 50, "r": 20}, showlegend=bool(shaky),
+                         xaxis={"categoryorder": "array", "categoryarray": [r["model"] for r in rows]})
     return figure
 
 
@@ -82,12 +120,20 @@ def heatmap_figure(matrix: dict[str, Any], title: str, value_format: str, colors
 
 
 def history_figure(history: dict[str, Any]) -> go.Figure:
-    """Online Elo per model at the end of each period."""
+    """Each model's rating from the votes up to each day, on the table's scale (dates on the axis)."""
+    times = history.get("times", [])
     figure = go.Figure()
     for model, values in history.get("series", {}).items():
-        figure.add_trace(go.Scatter(x=history.get("times", []), y=values, mode="lines+markers", name=model))
-    figure.update_layout(title="Rating over time (online Elo)", yaxis_title="Elo", height=420,
-                         margin={"t": 50})
+        figure.add_trace(go.Scatter(x=times, y=values, mode="lines+markers", name=model))
+    xaxis: dict[str, Any] = {"type": "date", "tickformat": "%b %d", "tickangle": 0, "nticks": 10}
+    if len(times) <= 14:  # a tick a day, and room around a single day
+        xaxis["dtick"] = 86_400_000
+    if len(times) == 1:
+        day = pd.Timestamp(times[0])
+        xaxis["range"] = [(day - pd.Timedelta(days=1)).isoformat(), (day + pd.Timedelta(days=1)).isoformat()]
+    figure.update_layout(title="Rating over time (from the votes up to each day, on the table's scale)",
+                         yaxis_title="rating", height=420, margin={"t": 50, "l": 50, "r": 20}, xaxis=xaxis,
+                         legend={"orientation": "h", "y": -0.15})
     return figure
 
 
@@ -119,16 +165,14 @@ def plotly_script() -> Response:
                     headers={"Cache-Control": "public, max-age=86400"})
 
 
-PAGE_CSS = """
-body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1200px; padding: 0 1rem; color: #222; }
-table { border-collapse: collapse; width: 100%; margin: 1rem 0; }
-th, td { padding: .35rem .6rem; border-bottom: 1px solid #ddd; text-align: left; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
-.controls { display: flex; gap: 1.5rem; align-items: center; flex-wrap: wrap; }
-.meta { color: #555; font-size: .9rem; }
-.empty { padding: 2rem; background: #f6f6f6; border-radius: 8px; }
-.plots { display: grid; grid-template-columns: 1fr; gap: 1rem; }
-"""
+STYLESHEET = Path(__file__).with_name("static") / "leaderboard.css"
+ACCENT = "#ea580c"
+
+
+@router.get("/leaderboard/style.css", include_in_schema=False)
+def leaderboard_stylesheet() -> Response:
+    return Response(STYLESHEET.read_text(encoding="utf-8"), media_type="text/css",
+                    headers={"Cache-Control": "public, max-age=3600"})
 
 
 def _controls(view: LeaderboardView) -> str:
@@ -152,17 +196,16 @@ def _source_label(source: str) -> str:
     return "live" if source == "live" else f"imported from {source.split(':', 1)[-1]}"
 
 
-def _meta(view: LeaderboardView) -> str:
+def _meta(view: LeaderboardView, pending: int) -> str:
     query = urlencode({"category": view.category, "style_control": str(view.style_control).lower()})
-    updated = view.updated_at.strftime("%Y-%m-%d %H:%M UTC") if view.updated_at else "never"
     excluded = ", ".join(
         f"{n} {EXCLUSION_LABELS.get(kind, kind)}" for kind, n in view.exclusions.items() if n
     ) or "none"
     sources = ", ".join(f"{n} {_source_label(source)}" for source, n in view.sources.items())
     sources_html = f' (<span id="vote-sources">{html.escape(sources)}</span>)' if sources else ""
     return (
-        f'<p class="meta" id="leaderboard-meta">Last updated: <span id="last-updated">{updated}</span> · '
-        f"{view.vote_count} votes counted{sources_html} · "
+        f'<p class="meta" id="leaderboard-meta"><span id="last-updated">{html.escape(freshness(view, pending))}</span>'
+        f" · {view.vote_count:,} votes counted{sources_html} · "
         f'excluded votes: <span id="excluded-votes">{html.escape(excluded)}</span> · '
         f'<a href="/api/v1/leaderboard?{query}&format=csv" id="csv-download">CSV</a> · '
         f'<a href="/api/v1/leaderboard?{query}">JSON</a></p>'
@@ -170,21 +213,22 @@ def _meta(view: LeaderboardView) -> str:
 
 
 def _table(view: LeaderboardView) -> str:
-    with_mt_bench = any("mt_bench" in r for r in view.rows)
-    headers = ["Rank", "Model", "Rating", "95% CI", "Votes", *(["MT-bench"] if with_mt_bench else []),
-               "Organization", "License"]
-    head = "".join(f"<th>{h}</th>" for h in headers)
+    headers = columns(view.rows)
+    narrow = {"Organization", "License"}  # hidden on a phone
+
+    def cell_class(column: str, value: str) -> str:
+        classes = [c for c, on in (("num", column in NUMERIC_COLUMNS), ("model", column == "Model"),
+                                   ("hide-narrow", column in narrow), ("mt-bench", column == "MT-bench"),
+                                   ("provisional", value == PROVISIONAL)) if on]
+        return f' class="{" ".join(classes)}"' if classes else ""
+
+    head = "".join(f"<th{cell_class(h, '')}>{h}</th>" for h in headers)
     body = "".join(
-        "<tr>"
-        f'<td class="num">{r["rank"]}</td><td>{html.escape(r["model"])}</td>'
-        f'<td class="num">{r["rating"]:.0f}</td>'
-        f'<td class="num">+{r["ci_upper"] - r["rating"]:.0f} / -{r["rating"] - r["ci_lower"]:.0f}</td>'
-        f'<td class="num">{r["votes"]}</td>'
-        + (f'<td class="num mt-bench">{_score(r.get("mt_bench"))}</td>' if with_mt_bench else "")
-        + f'<td>{html.escape(r["organization"])}</td><td>{html.escape(r["license"])}</td></tr>'
-        for r in view.rows
+        "<tr>" + "".join(f"<td{cell_class(h, row[h])}>{html.escape(row[h])}</td>" for h in headers) + "</tr>"
+        for row in display_rows(view.rows)
     )
-    return f'<table id="leaderboard-table"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+    return (f'<div class="card table-wrap"><table id="leaderboard-table"><thead><tr>{head}</tr></thead>'
+            f"<tbody>{body}</tbody></table></div>")
 
 
 def _unrated(view: LeaderboardView) -> str:
@@ -196,46 +240,53 @@ def _unrated(view: LeaderboardView) -> str:
             f"against the rated models (the maximum-likelihood rating is infinite): {names}</p>")
 
 
-def _score(score: float | None) -> str:
-    return "–" if score is None else f"{score:.2f}"
-
-
-def _empty_state(view: LeaderboardView) -> str:
-    if view.updated_at is None:
-        reason = "The leaderboard has not been computed yet. It appears after the first votes are counted."
+def _empty_state(view: LeaderboardView, pending: int) -> str:
+    if pending:
+        reason = (f"{pending} vote{'s are' if pending != 1 else ' is'} waiting to be counted: the ratings are "
+                  "recomputed a few seconds after voting pauses. Reload in a moment.")
+    elif view.updated_at is None:
+        reason = "The leaderboard has not been computed yet. It appears a few seconds after the first votes."
     elif view.style_control:
         reason = "No votes with style information in this category yet."
     else:
         reason = "No votes counted in this category yet. Vote in a few battles and check back."
-    return (f'<div class="empty" id="leaderboard-empty"><h2>No ratings yet</h2><p>{reason}</p>'
-            '<p><a href="/">Go to the arena and vote</a></p></div>')
+    return (f'<div class="card empty" id="leaderboard-empty"><h2>No ratings yet</h2><p>{reason}</p>'
+            '<p><a class="button" href="/">Go to the arena and vote</a></p></div>')
 
 
 def _plots(view: LeaderboardView) -> str:
-    parts = [figure.to_html(full_html=False, include_plotlyjs=False, div_id=div_id)
+    parts = [figure.to_html(full_html=False, include_plotlyjs=False, div_id=div_id,
+                            config={"responsive": True, "displaylogo": False})
              for div_id, figure in figures(view).items()]
-    return '<script src="/leaderboard/plotly.min.js"></script><div class="plots">' + "".join(parts) + "</div>"
+    return ('<script src="/leaderboard/plotly.min.js"></script><div class="plots">'
+            + "".join(f'<div class="card">{part}</div>' for part in parts) + "</div>")
 
 
-def render_page(view: LeaderboardView) -> str:
+def render_page(view: LeaderboardView, pending: int = 0) -> str:
     """The whole leaderboard page as HTML."""
     title = "Style-controlled leaderboard" if view.style_control else "Leaderboard"
-    content = _empty_state(view) + _unrated(view) if view.empty else _table(view) + _unrated(view) + _plots(view)
+    content = (_empty_state(view, pending) + _unrated(view) if view.empty
+               else _table(view) + _unrated(view) + _plots(view))
     return (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
-        f"<title>Arena {title}</title><style>{PAGE_CSS}</style></head><body>"
-        f'<p><a href="/">← Arena</a></p><h1>🏆 Arena {title}</h1>'
-        "<p>Bradley-Terry ratings from anonymous pairwise votes, with 95% bootstrap intervals. "
-        "A model's rank is 1 + the number of models that are better with confidence. "
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f'<title>Arena {title}</title><link rel="stylesheet" href="/leaderboard/style.css"></head><body>'
+        '<nav class="tabs" id="leaderboard-nav"><a href="/">Arena</a>'
+        '<a class="current" href="/leaderboard">Leaderboard</a><a href="/api/v1/docs">API</a></nav>'
+        f"<h1>Arena {title}</h1>"
+        '<p class="lead">Bradley-Terry ratings from anonymous pairwise votes, with 95% bootstrap intervals. '
+        "A model's rank is 1 + the number of models that are better with confidence; a model with few "
+        f"votes (under {PROVISIONAL_MIN_VOTES}) or a very wide interval is marked provisional. "
         "MT-bench: the average 1-10 grade from the newest single-answer run of "
         "<code>arena-judge mt-bench</code>, when there is one.</p>"
-        f"{_controls(view)}{_meta(view)}{content}</body></html>"
+        f'<div class="card">{_controls(view)}{_meta(view, pending)}</div>{content}</body></html>'
     )
 
 
 @router.get("/leaderboard", response_class=HTMLResponse, include_in_schema=False)
 def leaderboard_page(request: Request, category: str = OVERALL_CATEGORY, style_control: bool = False) -> HTMLResponse:
-    return HTMLResponse(render_page(read_view(_sessions(request), category, style_control)))
+    view = read_view(_sessions(request), category, style_control)
+    return HTMLResponse(render_page(view, pending_votes(_sessions(request), view)))
 
 
 # ----------------------------------------------------------------------------- the API
@@ -286,13 +337,14 @@ def leaderboard_tab(sessions: sessionmaker[Session]) -> Callable[[], None]:
     def build() -> None:
         def render(category: str, style_control: bool) -> tuple[Any, ...]:
             view = read_view(sessions, category or OVERALL_CATEGORY, bool(style_control))
+            pending = pending_votes(sessions, view)
             if view.empty:
-                note = "### No ratings yet\nVote in a few battles; the leaderboard is recomputed periodically."
+                note = ("### No ratings yet\nThe ratings are recomputed a few seconds after votes arrive; "
+                        f"press Refresh then. {freshness(view, pending)}.")
             else:
-                updated = view.updated_at.strftime("%Y-%m-%d %H:%M UTC") if view.updated_at else "never"
-                note = f"{view.vote_count} votes · last updated {updated} · [full page](/leaderboard)"
+                note = f"{view.vote_count:,} votes counted · {freshness(view, pending)} · [full page](/leaderboard)"
             # Only the choices change, never the value: a value change would re-trigger this handler.
-            return gr.update(choices=view.categories), note, view.as_frame(), rating_figure(view)
+            return gr.update(choices=view.categories), note, display_frame(view.rows), rating_figure(view)
 
         with gr.Row():
             category = gr.Dropdown([OVERALL_CATEGORY], value=OVERALL_CATEGORY, label="Category", elem_id="gr-leaderboard-category")

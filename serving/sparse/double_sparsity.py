@@ -18,7 +18,6 @@ the same step. The step's longest context and the opted-out rows are host number
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -35,42 +34,12 @@ from serving.attention import (
 )
 from serving.memory import KVPool, ReqToTokenPool
 from serving.sparse.calibration import ChannelRanking
+from serving.sparse.settings import DoubleSparsityConfig
 
 if TYPE_CHECKING:
     from serving.scheduler import ScheduledBatch
 
 LABELS_TABLE = "double_sparsity_labels"
-
-
-@dataclass(frozen=True)
-class DoubleSparsityConfig:
-    """Sparsity settings (defaults: the paper's 1/8 channels of 128 and 1/16 of the tokens).
-
-    ``channels_path``: the file ``arena-serve calibrate`` wrote (a model directory means the
-    file in it)."""
-
-    heavy_channels: int = 16
-    token_fraction: float = 1 / 16
-    min_tokens: int = 256
-    sink: int = 16
-    recent: int = 64
-    dense_below: int = 2048  # decode steps whose longest context is shorter run dense
-    channels_path: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.heavy_channels < 1 or not 0 < self.token_fraction <= 1:
-            raise ValueError("heavy_channels must be >= 1 and token_fraction in (0, 1]")
-        if min(self.min_tokens, self.sink, self.recent, self.dense_below) < 0:
-            raise ValueError("min_tokens, sink, recent and dense_below must be >= 0")
-
-    def selected_tokens(self, context: int) -> int:
-        """``K``: positions kept per KV head for a batch whose longest context is ``context``."""
-        heavy = max(self.min_tokens, math.ceil(self.token_fraction * context))
-        return min(context, self.sink + self.recent + heavy)
-
-    def is_sparse(self, context: int) -> bool:
-        """Whether a decode step with this longest context uses the sparse path."""
-        return context >= self.dense_below and self.selected_tokens(context) < context
 
 
 @dataclass

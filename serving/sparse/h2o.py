@@ -18,8 +18,6 @@ comes from ``Sequence.num_computed``, the row length ``seq_lens`` from ``len(kv_
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -33,42 +31,13 @@ from serving.attention import (
     rotary_and_store,
 )
 from serving.memory import KVPool, ReqToTokenPool
+from serving.sparse.settings import H2OConfig
 
 if TYPE_CHECKING:
     from serving.scheduler import ScheduledBatch
     from serving.sequence import Sequence
 
 MASS_TABLE = "h2o_mass"
-
-
-@dataclass(frozen=True)
-class H2OConfig:
-    """KV budget per sequence: ``budget_tokens`` if set, else ``budget_fraction`` of its length;
-    ``recent_fraction`` of the budget is the recent window, the rest heavy hitters. Eviction runs
-    when a sequence holds ``evict_slack`` entries more than its budget (amortising its cost)."""
-
-    budget_fraction: float = 0.2
-    budget_tokens: int | None = None
-    recent_fraction: float = 0.5
-    min_budget: int = 64
-    evict_slack: int = 32
-
-    def __post_init__(self) -> None:
-        if not 0 < self.budget_fraction <= 1 or not 0 <= self.recent_fraction <= 1:
-            raise ValueError("budget_fraction must be in (0, 1] and recent_fraction in [0, 1]")
-        if self.budget_tokens is not None and self.budget_tokens < 1:
-            raise ValueError("budget_tokens must be >= 1")
-        if self.min_budget < 1 or self.evict_slack < 0:
-            raise ValueError("min_budget must be >= 1 and evict_slack >= 0")
-
-    def budget(self, length: int) -> int:
-        """KV entries a sequence of ``length`` tokens may keep."""
-        if self.budget_tokens is not None:
-            return self.budget_tokens
-        return max(self.min_budget, math.ceil(self.budget_fraction * length))
-
-    def recent(self, length: int) -> int:
-        return math.ceil(self.recent_fraction * self.budget(length))
 
 
 class H2OBackend(DenseAttentionBackend):

@@ -10,8 +10,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from serving.sparse.double_sparsity import DoubleSparsityConfig
-from serving.sparse.h2o import H2OConfig
+from serving.sparse.settings import DoubleSparsityConfig, H2OConfig
 
 MODES = ("dense", "double-sparsity", "h2o")
 

@@ -283,3 +283,29 @@ def test_cli_exports_with_worker_processes(export_sqlite: tuple[str, Seed], tmp_
         assert clash.exit_code == 2 and "holds a conversations export" in " ".join(clash.output.split())
     finally:
         get_settings.cache_clear()
+
+
+def test_the_count_announced_is_the_count_read(tmp_path: Path) -> None:
+    """A battle created but never played has two empty conversations: they are neither read nor
+    counted in "N conversations to read" (which said 21, then "rows read 18")."""
+    from arena.db.models import Battle, Conversation, Message, Model
+    from arena.db.session import session_factory
+    from arena.export.source import ConversationSource
+    from tests.conftest import migrate
+
+    url = f"sqlite:///{tmp_path / 'count.db'}"
+    migrate(url)
+    engine = get_engine(url)
+    with session_factory(engine).begin() as session:
+        session.add_all([Model(name=n, model_id=n, base_url="http://x/v1") for n in ("m1", "m2")])
+        session.flush()
+        session.add(Battle(id="unplayed", model_a="m1", model_b="m2"))
+        session.flush()
+        session.add_all([Conversation(id=f"unplayed-{s}", model_name=m, battle_id="unplayed", side=s)
+                         for s, m in (("a", "m1"), ("b", "m2"))])
+        session.add(Conversation(id="chat", model_name="m1"))
+        session.flush()
+        session.add(Message(conversation_id="chat", position=0, turn=1, role="user", content="hello"))
+    source = ConversationSource(engine, ExportFilters(), ["m1", "m2"])
+    read = [unit for batch in source.batches(None, 10) for unit in batch]
+    assert source.count() == len(read) == 1

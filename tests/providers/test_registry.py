@@ -46,6 +46,16 @@ def test_the_demo_registry_loads() -> None:
     assert len(registry) >= 2 and all(name.startswith("demo-") for name in registry)
 
 
+def test_context_windows_fill_only_what_the_registry_leaves_open() -> None:
+    registry = ModelRegistry.from_toml_text(
+        '[[models]]\nname = "a"\nbase_url = "http://x"\ncontext_tokens = 4096\n'
+        '[[models]]\nname = "b"\nbase_url = "http://x"\n'
+        '[[models]]\nname = "c"\nbase_url = "http://x"\n'
+    )
+    filled = registry.with_context_windows({"a": 128000, "b": 16384})
+    assert [filled[n].context_tokens for n in "abc"] == [4096, 16384, None]
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
@@ -56,6 +66,9 @@ def test_the_demo_registry_loads() -> None:
         ('[[models]]\nname = "a"\nbase_url = "http://x"\ntags = "open"\n', r"models.toml:1: tags"),
         ('[[models]]\nname = "a"\nbase_url = "x"\n[[models]]\nname = "a"\nbase_url = "y"\n', r"defined twice"),
         ('title = "nothing"\n', r"no \[\[models\]\]"),
+        ('[[models]]\nname = "a"\nbase_url = "x"\nmax_tokens = 512\ncontext_tokens = 256\n',
+         r"models.toml:1: context_tokens must be an integer above max_tokens \(512\)"),
+        ('[[models]]\nname = "a"\nbase_url = "x"\ncontext_tokens = true\n', r"models.toml:1: context_tokens"),
     ],
 )
 def test_malformed_files_name_the_line(tmp_path, text: str, message: str) -> None:  # type: ignore[no-untyped-def]

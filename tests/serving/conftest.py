@@ -25,6 +25,43 @@ from transformers import (
 
 from serving.demo_models import build_demo_models
 
+# ----------------------------------------------------------------------------- Triton interpreter tests
+
+# What test_kernels.py's child pytest reported, for the summary line.
+CHILD_RESULT = pytest.StashKey[str]()
+
+
+def _interpreter_mode() -> bool:
+    """As test_kernels.py decides it: TRITON_INTERPRET=1 from the start of the process."""
+    import os
+
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Outside interpreter mode the ``triton_interpreter`` tests run in a child pytest
+    (test_interpreted_kernels_in_subprocess): leave them out here instead of skipping each."""
+    if _interpreter_mode():
+        return
+    in_child = [item for item in items if item.get_closest_marker("triton_interpreter")]
+    if in_child:
+        items[:] = [item for item in items if not item.get_closest_marker("triton_interpreter")]
+        config.stash[CHILD_COUNT] = len(in_child)
+
+
+CHILD_COUNT = pytest.StashKey[int]()
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:  # type: ignore[no-untyped-def]
+    count = config.stash.get(CHILD_COUNT, 0)
+    if not count:
+        return
+    result = config.stash.get(CHILD_RESULT, "not run (test_interpreted_kernels_in_subprocess was deselected or failed)")
+    terminalreporter.write_line(
+        f"Triton-interpreter kernel tests: {count} ran in a child pytest with TRITON_INTERPRET=1, not in this "
+        f"one; the child (all of tests/serving/test_kernels.py): {result}")
+
+
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
 
 _COMMON = {

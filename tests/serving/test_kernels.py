@@ -4,8 +4,10 @@ Triton fixes interpret-or-compile when a function is decorated with ``@triton.ji
 standard library (``tl.sum``, ``tl.max`` ...) included, i.e. when triton is first imported. In
 a one-process suite something may import triton earlier, so the interpreted comparisons run in
 a child pytest over this file with ``TRITON_INTERPRET=1`` set from the start
-(``test_interpreted_kernels_in_subprocess``); in the parent they are skipped. Running this file
-alone with ``TRITON_INTERPRET=1`` runs them directly. The references themselves are checked
+(``test_interpreted_kernels_in_subprocess``). In the parent they are not collected (rather than
+reported as dozens of skips); the summary says how many ran in the child and how they ended
+(``tests/serving/conftest.py``). Running this file alone with ``TRITON_INTERPRET=1`` runs them
+directly. The references themselves are checked
 against independent implementations (SDPA, transformers' rotary) in the parent.
 """
 
@@ -25,6 +27,7 @@ import torch.nn.functional as F
 
 import serving.kernels as kernels
 from serving.kernels.testing import make_paged_batch
+from tests.serving.conftest import CHILD_RESULT
 
 _TOLERANCE = {torch.float32: {"atol": 2e-5, "rtol": 1e-5}, torch.float16: {"atol": 3e-3, "rtol": 1e-2}}
 GQA_SHAPES = [pytest.param(4, 4, 16, id="mha-d16"), pytest.param(8, 2, 32, id="gqa4-d32")]
@@ -45,12 +48,11 @@ def _interpreter_active() -> bool:
 
 
 INTERPRETED = _interpreter_active()
-interpreted = pytest.mark.skipif(
-    not INTERPRETED, reason="runs in the TRITON_INTERPRET=1 child of test_interpreted_kernels_in_subprocess"
-)
+# Collected only in interpreter mode (the child); see tests/serving/conftest.py.
+interpreted = pytest.mark.triton_interpreter
 
 
-def test_interpreted_kernels_in_subprocess() -> None:
+def test_interpreted_kernels_in_subprocess(request: pytest.FixtureRequest) -> None:
     """Run this file's interpreted comparisons in a fresh interpreter-mode pytest."""
     if INTERPRETED:
         pytest.skip("already running in interpreter mode")
@@ -64,6 +66,7 @@ def test_interpreted_kernels_in_subprocess() -> None:
     assert result.returncode == 0, f"interpreted kernel tests failed:\n{result.stdout}\n{result.stderr}"
     summary = result.stdout.strip().splitlines()[-1]
     assert re.search(r"\d+ passed, 1 skipped", summary), f"only this test may skip in the child: {summary}"
+    request.config.stash[CHILD_RESULT] = summary.strip("= ")
 
 
 def assert_close(actual: torch.Tensor, expected: torch.Tensor) -> None:

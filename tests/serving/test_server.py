@@ -146,13 +146,13 @@ def test_errors_use_openai_format_and_the_server_keeps_serving(client, base_url)
 
     with pytest.raises(openai.BadRequestError) as too_long:
         client.chat.completions.create(
-            model="demo-llama-tiny", messages=[{"role": "user", "content": "x " * 5000}]
+            model="demo-llama-tiny", messages=[{"role": "user", "content": "x " * 20_000}]  # > any context here
         )
     assert too_long.value.body["code"] == "context_length_exceeded"
     assert "maximum context length" in too_long.value.body["message"]
 
     with pytest.raises(openai.BadRequestError):
-        client.completions.create(model="demo-llama-tiny", prompt="a", max_tokens=2100)
+        client.completions.create(model="demo-llama-tiny", prompt="a", max_tokens=20_000)
     with pytest.raises(openai.BadRequestError) as bad_param:
         client.chat.completions.create(
             model="demo-llama-tiny", messages=[{"role": "user", "content": "a"}], top_p=0
