@@ -445,16 +445,17 @@ class Planted:
     leaks: frozenset[tuple[str, int]] = frozenset()
 
 
-def build_heldout_case(data: Path, background_docs: int, per_kind: int, seed: int = 11) -> dict[str, Any]:
+def build_heldout_case(data: Path, background_docs: int, per_kind: int, gsm_items: int, mmlu_per_subject: int,
+                       seed: int = 11) -> dict[str, Any]:
     """Benchmark items, a corpus of real background text with planted leaks and look-alikes, and the labels."""
     rng = random.Random(seed)
     rephrase = data / "llm-decontaminator/data/rephrase"
     gsm_all = jsonl_texts(data / "benchmarks/gsm8k/test.jsonl", "question")
     translations = [json.loads(line) for line in TRANSLATIONS_FILE.read_text(encoding="utf-8").splitlines()]
-    gsm_indices = sorted(set(range(300)) | {row["gsm8k_index"] for row in translations})
+    gsm_indices = sorted(set(range(gsm_items)) | {row["gsm8k_index"] for row in translations})
     gsm_position = {index: position for position, index in enumerate(gsm_indices)}
     humaneval = jsonl_texts(data / "llm-decontaminator/data/test/HumanEval.jsonl")
-    mmlu_rows = {s: csv_rows(rephrase / f"{s}_test.csv") for s in MMLU_SUBJECTS}
+    mmlu_rows = {s: csv_rows(rephrase / f"{s}_test.csv")[:mmlu_per_subject] for s in MMLU_SUBJECTS}
     mmlu_offsets = {s: sum(len(mmlu_rows[x]) for x in MMLU_SUBJECTS[: MMLU_SUBJECTS.index(s)]) for s in MMLU_SUBJECTS}
     mirror = data / "benchmarks/mmlu/test_official_14042_mirror"
     templated = {s: csv_questions(mirror / f"{s}_test.csv", header=True) for s in TEMPLATED_SUBJECTS}
@@ -477,7 +478,7 @@ def build_heldout_case(data: Path, background_docs: int, per_kind: int, seed: in
     for subject in MMLU_SUBJECTS:
         chinese = jsonl_texts(rephrase / f"{subject}_test_chinese_filtered_question.jsonl")
         english = jsonl_texts(rephrase / f"{subject}_test_rephrase_english_filtered_question.jsonl")
-        usable = [i for i in range(len(chinese)) if chinese[i].strip() and english[i].strip()]
+        usable = [i for i in range(len(mmlu_rows[subject])) if chinese[i].strip() and english[i].strip()]
         chosen = rng.sample(usable, 2 * per_kind)
         for i in chosen[:per_kind]:
             planted.append(Planted(chinese[i], "translation_zh_mmlu", split_of(subject in TUNING_MMLU_ZH),
@@ -487,7 +488,7 @@ def build_heldout_case(data: Path, background_docs: int, per_kind: int, seed: in
                                    frozenset({("mmlu", mmlu_offsets[subject] + i)})))
     gsm_rephrase = jsonl_texts(rephrase / "rephrase_gsm8k.jsonl")
     he_python = jsonl_texts(rephrase / "humaneval_python.jsonl")
-    picks = rng.sample(range(300), 6 * per_kind)
+    picks = rng.sample(range(gsm_items), 6 * per_kind)
     for n, i in enumerate(picks[: 2 * per_kind]):  # split by item: even picks tune, odd ones are held out
         planted.append(Planted(gsm_rephrase[i].split("\nAnswer:")[0].removeprefix("Question: "), "paraphrase_gsm8k",
                                split_of(n % 2 == 0), frozenset({("gsm8k", gsm_position[i])})))
@@ -676,11 +677,13 @@ def top_k_baseline_heldout(case: dict[str, Any], embedder: Embedder, docs: list[
 
 def run_heldout(data: Path, embedder: Embedder, work: Path, args: argparse.Namespace) -> dict[str, Any]:
     """Tune on the tuning split, then measure both splits with the tuned settings and an oracle judge."""
-    case = build_heldout_case(data, args.background_docs, args.per_kind)
+    case = build_heldout_case(data, args.background_docs, args.per_kind, args.gsm_items, args.mmlu_per_subject)
     docs = case["docs"]
     permissive = StageConfig(embed_threshold=0.0, embed_margin=0.95, anchor_threshold=0.3, embed_top_k=1)
     started = time.perf_counter()
     labelled = label_pairs(scan_heldout(case, embedder, work / "permissive", permissive, None), case, docs)
+    if isinstance(embedder, CachingEmbedder):
+        embedder.save()  # a rerun (or a run cut by --budget-s) embeds nothing twice
     tuned = tune_on(labelled, args.target_recall)
     ranker: Ranker = tuned.pop("ranker")
     if args.fit_ranker:
@@ -869,8 +872,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--limit", type=int, default=100, help="items per paper set (the paper used 100)")
     parser.add_argument("--gpteacher-docs", type=int, default=1000, help="GPTeacher documents in the scenario corpus")
     parser.add_argument("--baseline-top-k", type=int, default=3)
-    parser.add_argument("--background-docs", type=int, default=2000, help="real background documents (held-out part)")
-    parser.add_argument("--per-kind", type=int, default=20, help="planted documents per kind (held-out part)")
+    parser.add_argument("--background-docs", type=int, default=1000, help="real background documents (held-out part)")
+    parser.add_argument("--per-kind", type=int, default=12, help="planted documents per kind (held-out part)")
+    parser.add_argument("--gsm-items", type=int, default=150, help="GSM8K test items in the held-out benchmark")
+    parser.add_argument("--mmlu-per-subject", type=int, default=100, help="MMLU items per subject (held-out part)")
     parser.add_argument("--target-recall", type=float, default=0.95, help="candidate recall the tuning aims at")
     parser.add_argument("--corpus-fractions", type=float, nargs="+", default=[0.25, 0.5, 1.0],
                         help="background fractions for judge calls vs corpus size")
@@ -882,7 +887,8 @@ def parse_args() -> argparse.Namespace:
                         "the held-out part uses FILE with an .e5 suffix")
     args = parser.parse_args()
     if args.quick:
-        args.parts, args.background_docs, args.per_kind, args.corpus_fractions = "heldout", 200, 4, [1.0]
+        args.parts, args.background_docs, args.per_kind, args.corpus_fractions = "heldout", 100, 3, [1.0]
+        args.gsm_items, args.mmlu_per_subject = 30, 20
     return args
 
 

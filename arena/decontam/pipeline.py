@@ -76,8 +76,8 @@ class ScanOptions:
     judge_min_probability: float | None = None
     """Candidates the ranker scores below this are reported as suspected, not judged (None: the ranker's own)."""
     ranker_path: Path = DEFAULT_WEIGHTS_PATH
-    id_field: str | None = None
-    """The benchmark field holding each item's id (``task_id``...); None: the first of ID_FIELDS present."""
+    id_field: str | None = "auto"
+    """The benchmark field holding each item's id; "auto": the first of ID_FIELDS present; None: ``file:line``."""
     columns: list[str] | None = None
     """Column names for header-less benchmark CSV files (MMLU's original format)."""
     corpus_columns: list[str] | None = None
@@ -137,7 +137,7 @@ def run_scan(options: ScanOptions) -> ScanResult:
 
     bench_stats = ReadStats()
     items = list(iter_records(options.benchmark, options.benchmark_fields, on_error=options.on_error,
-                              stats=bench_stats, id_field=options.id_field or "auto", columns=options.columns))
+                              stats=bench_stats, id_field=options.id_field, columns=options.columns))
     if not items:
         raise ValueError("the benchmark has no items with text in the given field(s)")
     _prepare_state(options)
