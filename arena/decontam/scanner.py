@@ -14,13 +14,14 @@ from typing import Any
 
 import numpy as np
 
-from arena.decontam.embedding import Embedder, EmbeddingIndex
+from arena.decontam.anchors import AnchorIndex, numbers_kept
+from arena.decontam.embedding import Embedder, EmbeddingIndex, default_threshold
 from arena.decontam.minhash import MinHashIndex
 from arena.decontam.ngram import NgramIndex
 from arena.decontam.records import Record
 from arena.decontam.text import tokens
 
-STAGES = ("ngram", "minhash", "embedding", "llm_judge")
+STAGES = ("ngram", "anchors", "minhash", "embedding", "llm_judge")
 
 
 @dataclass(frozen=True)
@@ -29,21 +30,35 @@ class StageConfig:
 
     ngram: bool = True
     ngram_n: int = 13
-    ngram_accept: float = 0.5
+    ngram_accept: float = 0.9
+    ngram_max_item_df: int = 3
+    anchors: bool = True
+    anchor_threshold: float = 0.6
+    anchor_min_shared: int = 3
     minhash: bool = True
     minhash_threshold: float = 0.5
-    minhash_accept: float = 0.8
+    minhash_accept: float = 0.9
     minhash_num_perm: int = 128
     embedding: bool = True
     embed_model: str | None = None
-    embed_threshold: float = 0.7
+    embed_threshold: float | None = None
+    embed_margin: float = 1.0
     embed_accept: float = 1.01
     embed_top_k: int = 1
     embed_batch_size: int = 64
     embed_window_words: int | None = None
+    embed_device: str = "cpu"
+
+    @property
+    def embed_cosine_floor(self) -> float:
+        """The candidate cosine: as given, or the default that suits the embedding model."""
+        return self.embed_threshold if self.embed_threshold is not None else default_threshold(self.embed_model)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The settings that change results (the device does not, so a GPU run can resume a CPU one)."""
+        settings = asdict(self)
+        settings.pop("embed_device")
+        return settings
 
 
 @dataclass
@@ -53,14 +68,30 @@ class PairEvidence:
     item: int
     ngram_shared: int = 0
     ngram_ratio: float = 0.0
+    anchor_shared: int = 0
+    anchor_share: float = 0.0
     minhash_jaccard: float | None = None
     embed_cosine: float | None = None
+    embed_margin: float | None = None
+    numbers_kept: bool | None = None
+    """Whether the document holds every number of the item; checked only for pairs near an accept threshold."""
+
+    def near_verbatim(self, config: StageConfig) -> bool:
+        """An n-gram or MinHash score at its accept threshold: a copy, unless the numbers changed."""
+        return (self.ngram_shared > 0 and self.ngram_ratio >= config.ngram_accept) or (
+            self.minhash_jaccard is not None and self.minhash_jaccard >= config.minhash_accept
+        )
 
     def confirmed_by(self, config: StageConfig) -> str | None:
-        """The cheapest stage whose accept threshold this pair reaches, if any."""
-        if self.ngram_ratio >= config.ngram_accept and self.ngram_shared > 0:
-            return "ngram"
-        if self.minhash_jaccard is not None and self.minhash_jaccard >= config.minhash_accept:
+        """The cheapest stage that accepts this pair without the judge, if any.
+
+        Only near-verbatim copies are accepted: an n-gram share or MinHash Jaccard at its accept threshold
+        *and* every number of the item kept (a word problem with other numbers is another problem, whatever
+        its wording shares). Embeddings never accept unless ``embed_accept`` is lowered to 1 or below.
+        """
+        if self.near_verbatim(config) and self.numbers_kept is not False:
+            if self.ngram_shared > 0 and self.ngram_ratio >= config.ngram_accept:
+                return "ngram"
             return "minhash"
         if self.embed_cosine is not None and self.embed_cosine >= config.embed_accept:
             return "embedding"
@@ -70,6 +101,8 @@ class PairEvidence:
         stages = []
         if self.ngram_shared:
             stages.append("ngram")
+        if self.anchor_shared:
+            stages.append("anchors")
         if self.minhash_jaccard is not None:
             stages.append("minhash")
         if self.embed_cosine is not None:
@@ -137,18 +170,25 @@ class Scanner:
     def __init__(self, payload: BenchmarkPayload, embedder: Embedder | None = None):
         self.config = config = payload.config
         item_tokens = [tokens(text) for text in payload.texts]
-        self.ngram = NgramIndex(item_tokens, config.ngram_n) if config.ngram else None
+        self.texts = payload.texts
+        self.ngram = NgramIndex(item_tokens, config.ngram_n, config.ngram_max_item_df) if config.ngram else None
+        self.anchors = (
+            AnchorIndex(payload.texts, config.anchor_threshold, config.anchor_min_shared) if config.anchors else None
+        )
         self.minhash = (
             MinHashIndex(item_tokens, config.minhash_threshold, config.minhash_num_perm) if config.minhash else None
         )
         self.embedding: EmbeddingIndex | None = None
         if config.embedding:
-            embedder = embedder or Embedder(config.embed_model, config.embed_batch_size, payload.threads)
+            embedder = embedder or Embedder(
+                config.embed_model, config.embed_batch_size, payload.threads, config.embed_device
+            )
             vectors = payload.item_vectors if payload.item_vectors is not None else embedder.encode(payload.texts)
             self.embedding = EmbeddingIndex(
                 vectors,
                 embedder,
-                threshold=config.embed_threshold,
+                threshold=config.embed_cosine_floor,
+                min_margin=config.embed_margin,
                 top_k=config.embed_top_k,
                 window_words=config.embed_window_words or window_size_for(payload.texts),
             )
@@ -160,8 +200,11 @@ class Scanner:
         doc_tokens = [tokens(r.text) for r in records] if (self.ngram or self.minhash) else []
         if self.ngram is not None:
             self._run_stage("ngram", result, len(records), lambda: self._ngram_stage(doc_tokens, evidence))
+        if self.anchors is not None:
+            self._run_stage("anchors", result, len(records), lambda: self._anchor_stage(records, evidence))
         if self.minhash is not None:
             self._run_stage("minhash", result, len(records), lambda: self._minhash_stage(doc_tokens, evidence))
+        self._check_numbers(records, evidence)
         if self.embedding is not None:
             open_docs = [i for i, ev in enumerate(evidence) if not self._confirmed(ev)]
             self._run_stage(
@@ -191,6 +234,23 @@ class Scanner:
                 pairs += 1
         return pairs
 
+    def _anchor_stage(self, records: list[Record], evidence: list[dict[int, PairEvidence]]) -> int:
+        assert self.anchors is not None
+        pairs = 0
+        for found, record in zip(evidence, records, strict=True):
+            for item, (shared, share) in self.anchors.match(record.text).items():
+                pair = found.setdefault(item, PairEvidence(item))
+                pair.anchor_shared, pair.anchor_share = shared, round(share, 4)
+                pairs += 1
+        return pairs
+
+    def _check_numbers(self, records: list[Record], evidence: list[dict[int, PairEvidence]]) -> None:
+        """Mark, for pairs an accept threshold would confirm, whether the document kept the item's numbers."""
+        for found, record in zip(evidence, records, strict=True):
+            for pair in found.values():
+                if pair.near_verbatim(self.config):
+                    pair.numbers_kept = numbers_kept(self.texts[pair.item], record.text)
+
     def _minhash_stage(self, doc_tokens: list[list[str]], evidence: list[dict[int, PairEvidence]]) -> int:
         assert self.minhash is not None
         pairs = 0
@@ -207,7 +267,8 @@ class Scanner:
         pairs = 0
         matches = self.embedding.match([records[i].text for i in open_docs])
         for doc, found_items in zip(open_docs, matches, strict=True):
-            for item, cosine in found_items.items():
-                evidence[doc].setdefault(item, PairEvidence(item)).embed_cosine = cosine
+            for item, hit in found_items.items():
+                pair = evidence[doc].setdefault(item, PairEvidence(item))
+                pair.embed_cosine, pair.embed_margin = round(hit.cosine, 4), hit.margin
                 pairs += 1
         return pairs

@@ -22,4 +22,4 @@ def data_dir() -> Path:
 def embedder():
     from arena.decontam.embedding import Embedder
 
-    return Embedder(batch_size=32, threads=1)
+    return Embedder("minilm", batch_size=32, threads=1)

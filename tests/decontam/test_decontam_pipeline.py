@@ -59,10 +59,11 @@ def test_scan_with_judge_finds_every_leak_and_clears_look_alikes(case: dict, tmp
     assert summary["contaminated_items"] == 9 and summary["contaminated_rate"] == pytest.approx(9 / N_ITEMS)
     copy = next(m for m in result.matches if m.item_index == 20)
     assert copy.decided_by == "ngram" and copy.ngram_ratio == 1.0 and copy.judge_same is None
-    assert {m.decided_by for m in result.matches if m.item_index < 8} == {"llm_judge"}
+    rephrased = [m for m in result.matches if m.item_index < 8 and m.verdict == "contaminated"]
+    assert {m.item_index for m in rephrased} == set(range(8)) and {m.decided_by for m in rephrased} == {"llm_judge"}
     assert summary["stages"]["llm_judge"]["calls"] == first_calls > 0
     assert again.summary["stages"]["llm_judge"]["cached"] == first_calls
-    assert summary["stages_run"] == ["ngram", "minhash", "embedding", "llm_judge"]
+    assert summary["stages_run"] == ["ngram", "anchors", "minhash", "embedding", "llm_judge"]
     assert (tmp_path / "out/report.html").read_text().count('class="match contaminated"') == 9
     lines = (tmp_path / "out/matches.jsonl").read_text().splitlines()
     assert len(lines) == len(result.matches)

@@ -94,4 +94,4 @@ def test_scanner_skips_embedding_for_documents_confirmed_by_cheap_stages(data_di
     assert by_doc["c:0"].pairs[0].confirmed_by(payload.config) == "ngram"
     assert by_doc["c:0"].pairs[0].embed_cosine is None  # never embedded: confirmed by the n-gram stage
     assert by_doc["c:1"].pairs[0].item == 5 and by_doc["c:1"].pairs[0].confirmed_by(payload.config) is None
-    assert result.stage_docs == {"ngram": 3, "minhash": 3, "embedding": 2}
+    assert result.stage_docs == {"ngram": 3, "anchors": 3, "minhash": 3, "embedding": 2}
