@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from arena.battles import ArenaError, ArenaService
-from arena.db.models import BattleMode
 from arena.config import REPO_ROOT, Settings
+from arena.db.models import BattleMode
 from arena.moderation import WordListModerator
 from arena.providers.registry import ModelRegistry, RegistryError
 from tests.fake_openai import FakeOpenAI
