@@ -58,8 +58,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
         return
     result = config.stash.get(CHILD_RESULT, "not run (test_interpreted_kernels_in_subprocess was deselected or failed)")
     terminalreporter.write_line(
-        f"Triton-interpreter kernel tests: {count} ran in a child pytest with TRITON_INTERPRET=1, not in this "
-        f"one; the child (all of tests/serving/test_kernels.py): {result}")
+        f"Triton-interpreter kernel tests: {count} ran in child pytests with TRITON_INTERPRET=1 (one per kernel "
+        f"test file: test_kernels.py, test_sparse_kernels.py, test_lora_kernels.py), not in this one; "
+        f"test_kernels.py's child: {result}")
 
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
