@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from arena.config import get_settings
 
@@ -40,16 +41,22 @@ def battles_command(
         with console.status(f"storing {len(parsed.battles)} battles ..."):
             result = store_battles(session_factory(get_engine(url or get_settings().database_url)), parsed, label)
     except (ImportFileError, ValueError) as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        _print_error(console, str(exc))
         raise typer.Exit(2) from exc
     except SQLAlchemyError as exc:
-        console.print(f"[red]error:[/red] the database refused the import, nothing was stored "
-                      f"({exc.__class__.__name__}: {str(exc).splitlines()[0]}); is it migrated (`arena db upgrade`)?")
+        _print_error(console, f"the database refused the import, nothing was stored ({exc.__class__.__name__}: "
+                     f"{str(exc).splitlines()[0]}); is it migrated (`arena db upgrade`)?")
         raise typer.Exit(2) from exc
     console.print(
         f"{result.source}: {result.rows} rows, {result.added} battles added, {result.already_imported} imported "
         f"before, {result.duplicates_in_file} duplicate rows in the file; "
         f"{len(result.models_created)} new models" + (f" ({', '.join(result.models_created[:8])}"
                                                       f"{' ...' if len(result.models_created) > 8 else ''})"
-                                                      if result.models_created else "")
+                                                      if result.models_created else ""),
+        soft_wrap=True, markup=False, highlight=False,
     )
+
+
+def _print_error(console: Console, message: str) -> None:
+    """One error, unwrapped (file paths stay whole) and as written (brackets in row values are not markup)."""
+    console.print(Text.assemble(("error: ", "red"), message), soft_wrap=True, highlight=False)
