@@ -1,4 +1,5 @@
-"""The progress bar of every long-running job (export, decontamination, MT-bench judging).
+"""The progress bar of every long-running job (export, decontamination, MT-bench judging), and the
+commands' error line.
 
 rich's, on stderr so that piped output stays clean; transient when stderr is not a terminal.
 A disabled bar (``--no-progress``, tests) costs nothing and shows nothing.
@@ -13,6 +14,7 @@ from contextlib import contextmanager
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.text import Text
 
 
 class ProgressBar:
@@ -53,3 +55,9 @@ def configure_cli_logging(fmt: str = "%(asctime)s %(levelname)s %(name)s: %(mess
     logging.basicConfig(level=logging.INFO, format=fmt)
     for name in QUIET_LIBRARIES:
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def print_error(console: Console, message: str, label: str = "error") -> None:
+    """One error line as the user must read it: unwrapped (a file path stays whole, whatever the terminal's
+    width) and verbatim (brackets in a row's values are not taken for rich markup)."""
+    console.print(Text.assemble((f"{label}: ", "red"), message), soft_wrap=True, highlight=False)

@@ -29,7 +29,7 @@ from arena.export.release import (
     ReleasePolicy,
     derive_release_key,
 )
-from arena.progress import configure_cli_logging
+from arena.progress import configure_cli_logging, print_error
 
 if TYPE_CHECKING:
     from arena.export.pipeline import ExportResult
@@ -92,10 +92,10 @@ def _run(dataset: str, **kwargs: object) -> None:
     try:
         result = _export(dataset, **kwargs)  # type: ignore[arg-type]
     except (ExportError, OSError, ValueError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        print_error(console, str(exc))
         raise typer.Exit(code=2) from exc
     except SQLAlchemyError as exc:
-        console.print(f"[red]database error:[/red] {exc.__class__.__name__}: {str(exc).splitlines()[0]}")
+        print_error(console, f"{exc.__class__.__name__}: {str(exc).splitlines()[0]}", label="database error")
         raise typer.Exit(code=2) from exc
     _print_summary(dataset, result)
 

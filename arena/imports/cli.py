@@ -7,9 +7,9 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
-from rich.text import Text
 
 from arena.config import get_settings
+from arena.progress import print_error
 
 app = typer.Typer(help="Import battles that happened elsewhere (public battle logs).", no_args_is_help=True)
 
@@ -41,10 +41,10 @@ def battles_command(
         with console.status(f"storing {len(parsed.battles)} battles ..."):
             result = store_battles(session_factory(get_engine(url or get_settings().database_url)), parsed, label)
     except (ImportFileError, ValueError) as exc:
-        _print_error(console, str(exc))
+        print_error(console, str(exc))
         raise typer.Exit(2) from exc
     except SQLAlchemyError as exc:
-        _print_error(console, f"the database refused the import, nothing was stored ({exc.__class__.__name__}: "
+        print_error(console, f"the database refused the import, nothing was stored ({exc.__class__.__name__}: "
                      f"{str(exc).splitlines()[0]}); is it migrated (`arena db upgrade`)?")
         raise typer.Exit(2) from exc
     console.print(
@@ -56,7 +56,3 @@ def battles_command(
         soft_wrap=True, markup=False, highlight=False,
     )
 
-
-def _print_error(console: Console, message: str) -> None:
-    """One error, unwrapped (file paths stay whole) and as written (brackets in row values are not markup)."""
-    console.print(Text.assemble(("error: ", "red"), message), soft_wrap=True, highlight=False)

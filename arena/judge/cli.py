@@ -48,7 +48,7 @@ from arena.judge.results import (
     write_results,
 )
 from arena.judge.store import StoreError
-from arena.progress import progress_bar
+from arena.progress import print_error, progress_bar
 from arena.providers import ChatClient, RegistryError, UnknownModelError, load_registry
 
 logger = logging.getLogger(__name__)
@@ -145,7 +145,7 @@ def _user_errors() -> Iterator[None]:
     try:
         yield
     except (DataFileError, RegistryError, UnknownModelError, StoreError, ArenaDatabaseError, ValueError) as exc:
-        _console().print(f"[red]error:[/red] {exc}")
+        print_error(_console(), str(exc))
         raise typer.Exit(2) from exc
 
 
