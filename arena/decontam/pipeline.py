@@ -8,6 +8,7 @@ inputs and settings skips finished chunks and cached pairs; changed settings are
 from __future__ import annotations
 
 import asyncio
+import bisect
 import json
 import logging
 import os
@@ -113,6 +114,11 @@ class Match:
     anchor_share: float = 0.0
     embed_margin: float | None = None
     numbers_kept: bool | None = None
+    ngram_gap: int | None = None
+    item_rank: int = 0
+    """How many of the item's candidate documents have a larger embedding margin (0: this is its best)."""
+    item_candidates: int = 1
+    """How many corpus documents are candidates for the item (the ranker's view from the item's side)."""
     rank_probability: float | None = None
     """The ranker's probability that the judge says "same" (the order in which candidates are judged)."""
     judge_same: bool | None = None
@@ -300,11 +306,12 @@ def _decide(
     for result in chunk_results:
         for doc in result.hits:
             for pair in doc.pairs:
-                match = _match_of(items[pair.item], pair, doc.doc_id, doc.text, options.stages)
-                matches.append(match)
-                if match.decided_by is None:
-                    match.rank_probability = round(ranker.probability(match), 4)
-                    to_judge[pair.item].append(match)
+                matches.append(_match_of(items[pair.item], pair, doc.doc_id, doc.text, options.stages))
+    set_item_context(matches)
+    for match in matches:
+        if match.decided_by is None:
+            match.rank_probability = round(ranker.probability(match), 4)
+            to_judge[match.item_index].append(match)
     judge_stats = {"candidates": sum(len(v) for v in to_judge.values()), "calls": 0, "cached": 0,
                    "same": 0, "not_same": 0, "errors": 0, "capped": 0, "below_cut": 0, "rounds": 0}
     for candidates in to_judge.values():
@@ -329,6 +336,19 @@ def _decide(
     return matches, judge_stats
 
 
+def set_item_context(matches: list[Match]) -> None:
+    """Give every pair its item's view: how many documents reached the item, and this pair's margin rank."""
+    by_item: dict[int, list[Match]] = defaultdict(list)
+    for match in matches:
+        by_item[match.item_index].append(match)
+    for pairs in by_item.values():
+        margins = sorted(m.embed_margin for m in pairs if m.embed_margin is not None)
+        for match in pairs:
+            match.item_candidates = len(pairs)
+            match.item_rank = len(margins) - (0 if match.embed_margin is None
+                                              else bisect.bisect_right(margins, match.embed_margin))
+
+
 def _match_of(item: Record, pair: PairEvidence, doc_id: str, doc_text: str, stages: StageConfig) -> Match:
     confirmed = pair.confirmed_by(stages)
     return Match(
@@ -349,6 +369,7 @@ def _match_of(item: Record, pair: PairEvidence, doc_id: str, doc_text: str, stag
         anchor_share=pair.anchor_share,
         embed_margin=pair.embed_margin,
         numbers_kept=pair.numbers_kept,
+        ngram_gap=pair.ngram_gap,
     )
 
 

@@ -6,6 +6,9 @@ that the judge would call it the same question. The model is fitted on labelled 
 benchmark fits the shipped weights on its tuning split only) and saved as JSON beside this module.
 
 The features use the embedding *margin*, not the raw cosine, so one set of weights serves more than one model.
+Two features look across the corpus from the item's side: whether the pair has the item's best margin among all
+the documents that reached it (a leak is usually its item's nearest document, a look-alike rarely), and how many
+documents reached the item (a generic item - a short stem, a common code task - draws many look-alikes).
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 DEFAULT_WEIGHTS_PATH = Path(__file__).with_name("ranker_weights.json")
-FEATURES = ("ngram_ratio", "minhash_jaccard", "anchor_share", "embed_margin", "has_embedding", "numbers_changed")
+FEATURES = ("ngram_ratio", "minhash_jaccard", "anchor_share", "embed_margin", "has_embedding", "numbers_changed",
+            "item_best", "item_candidates")
 
 
 class Evidence(Protocol):
@@ -29,6 +33,10 @@ class Evidence(Protocol):
     anchor_share: float
     embed_margin: float | None
     numbers_kept: bool | None
+    item_rank: int
+    """How many of the item's candidate documents have a larger embedding margin (0: this is its best)."""
+    item_candidates: int
+    """How many corpus documents are candidates for the item."""
 
 
 def features(pair: Evidence) -> list[float]:
@@ -41,6 +49,8 @@ def features(pair: Evidence) -> list[float]:
         0.0 if margin is None else 10.0 * (float(margin) - 1.0),
         0.0 if margin is None else 1.0,
         1.0 if pair.numbers_kept is False else 0.0,
+        1.0 if pair.item_rank == 0 else 0.0,
+        math.log1p(pair.item_candidates),
     ]
 
 

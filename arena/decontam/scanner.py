@@ -22,6 +22,8 @@ from arena.decontam.records import Record
 from arena.decontam.text import tokens
 
 STAGES = ("ngram", "anchors", "minhash", "embedding", "llm_judge")
+MAX_EDIT_WORDS = 3
+"""Consecutive edited words a near-verbatim copy may have at one place (each costs the n-grams covering it)."""
 
 
 @dataclass(frozen=True)
@@ -33,7 +35,7 @@ class StageConfig:
     ngram_accept: float = 0.9
     ngram_max_item_df: int = 3
     anchors: bool = True
-    anchor_threshold: float = 0.6
+    anchor_threshold: float = 0.4
     anchor_min_shared: int = 3
     minhash: bool = True
     minhash_threshold: float = 0.5
@@ -42,7 +44,7 @@ class StageConfig:
     embedding: bool = True
     embed_model: str | None = None
     embed_threshold: float | None = None
-    embed_margin: float = 1.0
+    embed_margin: float = 0.97
     embed_accept: float = 1.01
     embed_top_k: int = 1
     embed_batch_size: int = 64
@@ -75,6 +77,9 @@ class PairEvidence:
     embed_margin: float | None = None
     numbers_kept: bool | None = None
     """Whether the document holds every number of the item; checked only for pairs near an accept threshold."""
+    ngram_gap: int | None = None
+    """The longest run of the item's n-grams missing from the document; checked only for pairs near an accept
+    threshold (a run past one edit's footprint means a part of the item is missing or replaced)."""
 
     def near_verbatim(self, config: StageConfig) -> bool:
         """An n-gram or MinHash score at its accept threshold: a copy, unless the numbers changed."""
@@ -85,17 +90,22 @@ class PairEvidence:
     def confirmed_by(self, config: StageConfig) -> str | None:
         """The cheapest stage that accepts this pair without the judge, if any.
 
-        Only near-verbatim copies are accepted: an n-gram share or MinHash Jaccard at its accept threshold
-        *and* every number of the item kept (a word problem with other numbers is another problem, whatever
-        its wording shares). Embeddings never accept unless ``embed_accept`` is lowered to 1 or below.
+        Only near-verbatim copies are accepted: an n-gram share or MinHash Jaccard at its accept threshold,
+        every number of the item kept (a word problem with other numbers is another problem, whatever its
+        wording shares) and no part of the item missing (the same passage with another question under it is
+        another question). Embeddings never accept unless ``embed_accept`` is lowered to 1 or below.
         """
-        if self.near_verbatim(config) and self.numbers_kept is not False:
+        if self.near_verbatim(config) and self.numbers_kept is not False and not self.part_replaced(config):
             if self.ngram_shared > 0 and self.ngram_ratio >= config.ngram_accept:
                 return "ngram"
             return "minhash"
         if self.embed_cosine is not None and self.embed_cosine >= config.embed_accept:
             return "embedding"
         return None
+
+    def part_replaced(self, config: StageConfig) -> bool:
+        """Whether the document lacks a run of the item's n-grams longer than a few edited words would cost."""
+        return self.ngram_gap is not None and self.ngram_gap > config.ngram_n + MAX_EDIT_WORDS - 1
 
     def found_by(self) -> list[str]:
         stages = []
@@ -204,7 +214,7 @@ class Scanner:
             self._run_stage("anchors", result, len(records), lambda: self._anchor_stage(records, evidence))
         if self.minhash is not None:
             self._run_stage("minhash", result, len(records), lambda: self._minhash_stage(doc_tokens, evidence))
-        self._check_numbers(records, evidence)
+        self._check_copies(records, doc_tokens, evidence)
         if self.embedding is not None:
             open_docs = [i for i, ev in enumerate(evidence) if not self._confirmed(ev)]
             self._run_stage(
@@ -244,12 +254,17 @@ class Scanner:
                 pairs += 1
         return pairs
 
-    def _check_numbers(self, records: list[Record], evidence: list[dict[int, PairEvidence]]) -> None:
-        """Mark, for pairs an accept threshold would confirm, whether the document kept the item's numbers."""
-        for found, record in zip(evidence, records, strict=True):
+    def _check_copies(
+        self, records: list[Record], doc_tokens: list[list[str]], evidence: list[dict[int, PairEvidence]]
+    ) -> None:
+        """Mark, for pairs an accept threshold would confirm, whether the document kept the item's numbers and
+        its longest run of missing n-grams (both can still send the pair to the judge)."""
+        for position, (found, record) in enumerate(zip(evidence, records, strict=True)):
             for pair in found.values():
                 if pair.near_verbatim(self.config):
                     pair.numbers_kept = numbers_kept(self.texts[pair.item], record.text)
+                    if self.ngram is not None:
+                        pair.ngram_gap = self.ngram.longest_missing_run(pair.item, doc_tokens[position])
 
     def _minhash_stage(self, doc_tokens: list[list[str]], evidence: list[dict[int, PairEvidence]]) -> int:
         assert self.minhash is not None

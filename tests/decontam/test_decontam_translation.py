@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from arena.decontam.anchors import AnchorIndex, anchors, numbers_kept
 from arena.decontam.ngram import NgramIndex
-from arena.decontam.pipeline import JudgeSettings, ScanOptions, run_scan
+from arena.decontam.pipeline import JudgeSettings, ScanOptions, run_scan, set_item_context
 from arena.decontam.ranking import DEFAULT_WEIGHTS_PATH, Ranker, fit_ranker
 from arena.decontam.records import Record
 from arena.decontam.scanner import BenchmarkPayload, PairEvidence, Scanner, StageConfig
@@ -117,9 +118,22 @@ def test_copies_with_changed_numbers_go_to_the_judge(data_dir: Path):
     assert PairEvidence(3, ngram_shared=20, ngram_ratio=0.6).confirmed_by(config) is None  # 0.5 used to accept
 
 
+@dataclass
+class Pair:
+    """A candidate pair's evidence as the ranker reads it (a Match carries the same fields)."""
+
+    ngram_ratio: float = 0.0
+    minhash_jaccard: float | None = None
+    anchor_share: float = 0.0
+    embed_margin: float | None = None
+    numbers_kept: bool | None = None
+    item_rank: int = 0
+    item_candidates: int = 1
+
+
 def test_ranker_fits_saves_loads_and_refuses_a_damaged_file(tmp_path: Path):
-    positives = [PairEvidence(0, ngram_ratio=0.2, anchor_share=0.9, embed_cosine=0.9, embed_margin=1.08)] * 5
-    negatives = [PairEvidence(0, anchor_share=0.0, embed_cosine=0.85, embed_margin=1.0)] * 20
+    positives = [Pair(ngram_ratio=0.2, anchor_share=0.9, embed_margin=1.08)] * 5
+    negatives = [Pair(embed_margin=1.0, item_rank=2, item_candidates=9)] * 20
     ranker = fit_ranker(positives + negatives, [True] * 5 + [False] * 20, target_recall=1.0)
     assert ranker.probability(positives[0]) > 0.5 > ranker.probability(negatives[0])
     assert ranker.min_probability <= ranker.probability(positives[0])
@@ -154,3 +168,38 @@ def test_judge_rounds_give_the_next_candidate_a_turn_and_stop_at_a_leak(data_dir
     assert result.summary["stages"]["llm_judge"]["rounds"] >= 1 and calls <= 3
     everything, calls_all_yes = scan(lambda item, doc: True, "yes")
     assert calls_all_yes == len({m.item_index for m in everything.matches})  # one call per item: stop at "yes"
+
+
+PASSAGE = (
+    "This question refers to the following information. The pair of excerpts below was written by an explorer "
+    "and a bishop who saw the same voyages from opposite sides of the ocean and disagreed about nearly everything "
+    "they described, from the trade in cotton and glass beads to the treatment of the people they met on the "
+    "islands, and each wrote for a king who wanted gold more than he wanted the truth about any of it. The "
+    "explorer praised the harbours, the rivers and the gentle manners of the people, and promised spices, "
+    "slaves and gold in return for ships and men; the bishop counted the dead in every village the soldiers "
+    "had passed through and begged the court to stop the killing before nobody was left to convert."
+)
+
+
+def test_the_same_passage_under_another_question_goes_to_the_judge():
+    item = PASSAGE + " Which of the following motives is the bishop most likely to think is most important?"
+    other_question = PASSAGE + " Which of the following motives does the bishop seem to be criticizing?"
+    one_word_edited = item.replace("opposite sides", "opposite shores")
+    scanner = Scanner(BenchmarkPayload([item], StageConfig(embedding=False)))
+    docs = [f"Study guide.\n{item}\nAnswer: B", other_question, one_word_edited]
+    result = scanner.scan(0, [Record(f"c:{i}", "c", i, text, {}) for i, text in enumerate(docs)])
+    pairs = {hit.doc_id: hit.pairs[0] for hit in result.hits}
+    assert pairs["c:0"].confirmed_by(scanner.config) == "ngram" and pairs["c:0"].ngram_gap == 0
+    assert pairs["c:2"].confirmed_by(scanner.config) is not None  # one edited word costs 13 grams: still a copy
+    replaced = pairs["c:1"]
+    assert replaced.ngram_ratio >= 0.9 and replaced.near_verbatim(scanner.config)  # shares almost every gram...
+    assert replaced.part_replaced(scanner.config) and replaced.confirmed_by(scanner.config) is None  # ...not the ending
+
+
+def test_item_context_ranks_each_pair_among_its_items_candidates():
+    matches = [Pair(embed_margin=1.02), Pair(embed_margin=1.10), Pair(ngram_ratio=0.4), Pair(embed_margin=0.99)]
+    for match, item in zip(matches, (7, 7, 7, 8), strict=True):
+        match.item_index = item  # type: ignore[attr-defined]
+    set_item_context(matches)  # type: ignore[arg-type]
+    assert [m.item_rank for m in matches] == [1, 0, 2, 0]
+    assert [m.item_candidates for m in matches] == [3, 3, 3, 1]
