@@ -155,11 +155,17 @@ def run_scan(options: ScanOptions) -> ScanResult:
     return ScanResult(matches, summary)
 
 
+STATE_FORMAT = 2
+"""Version of what a chunk file holds (2: pairs carry ``ngram_gap``); a state of another format is not resumed,
+since its finished chunks would skip checks this version makes."""
+
+
 def _fingerprint(options: ScanOptions) -> dict[str, Any]:
     def describe(paths: list[Path]) -> list[list[Any]]:
         return [[str(p), p.stat().st_size, int(p.stat().st_mtime)] for p in expand_paths(paths)]
 
     return {
+        "state_format": STATE_FORMAT,
         "benchmark": describe(options.benchmark),
         "benchmark_fields": options.benchmark_fields,
         "corpus": describe(options.corpus),

@@ -126,6 +126,12 @@ def test_interrupted_scan_resumes_without_redoing_finished_chunks(case: dict, tm
     changed.stages = StageConfig(embedding=False, ngram_n=8)
     with pytest.raises(ResumeError, match="other stages"):
         run_scan(changed)
+    manifest = tmp_path / "out/state/manifest.json"  # a state written before chunks carried ngram_gap
+    old_format = json.loads(manifest.read_text())
+    del old_format["state_format"]
+    manifest.write_text(json.dumps(old_format))
+    with pytest.raises(ResumeError, match="other state_format"):
+        run_scan(options)
 
 
 def test_process_pool_gives_the_same_matches_as_one_process(case: dict, tmp_path: Path):
