@@ -268,7 +268,7 @@ class ArenaService:
         The turn runs in its own task: leaving this iterator early stops the models, and the
         task stores what they wrote and fails the battle; it never stays 'streaming'.
         """
-        prompt = self._check_prompt_shape(prompt)
+        prompt = self.check_prompt(prompt)
         _check_id(battle_id)
         await self.run_blocking(self._check_turn_allowed, battle_id, visitor_id, prompt)
         await self._moderate(prompt, visitor_id, battle_id=battle_id)
@@ -369,7 +369,7 @@ class ArenaService:
 
     async def chat_turn(self, conversation_id: str, visitor_id: str, prompt: str) -> AsyncIterator[SideState]:
         """One turn of a direct chat, streamed; stored like a battle's side."""
-        prompt = self._check_prompt_shape(prompt)
+        prompt = self.check_prompt(prompt)
         _check_id(conversation_id)
         await self.run_blocking(self._check_chat_allowed, conversation_id, visitor_id, prompt)
         await self._moderate(prompt, visitor_id, conversation_id=conversation_id)
@@ -468,7 +468,9 @@ class ArenaService:
 
     # -- helpers -------------------------------------------------------------------------------
 
-    def _check_prompt_shape(self, prompt: str) -> str:
+    def check_prompt(self, prompt: str) -> str:
+        """The prompt, stripped, or :class:`ArenaError` saying why it cannot be sent (empty, NUL,
+        too long). Pages call it before creating a battle or chat, so a refused prompt leaves no row."""
         prompt = (prompt or "").strip()
         if not prompt:
             raise ArenaError("Please type a message first.")

@@ -116,6 +116,7 @@ def _battle_panel(service: ArenaService, identity: VisitorIdentity, mode: str, p
                       request: gr.Request) -> AsyncIterator[tuple]:
         try:
             visitor = visitor_id_of_gradio(request, identity)
+            service.check_prompt(text)  # an empty or refused prompt creates no battle
             if current is None:
                 view = await service.run_blocking(service.create_battle, visitor, mode, pick_a, pick_b)
                 current = view.id
@@ -280,6 +281,7 @@ def _chat_panel(service: ArenaService, identity: VisitorIdentity) -> None:
         history = list(history or [])
         try:
             visitor = visitor_id_of_gradio(request, identity)
+            service.check_prompt(text)  # an empty or refused prompt creates no conversation
             current = current or await service.run_blocking(service.create_chat, visitor, chosen)
             async for state in service.chat_turn(current, visitor, text):
                 answer = state.text + (f"\n\n**Error:** {state.error}" if state.error else "")

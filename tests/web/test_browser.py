@@ -102,15 +102,22 @@ def test_battle_in_the_browser_streams_votes_and_reveals(
     page.close()
 
 
-def test_empty_prompt_shows_a_clear_message(browser, arena_page_url: str) -> None:  # type: ignore[no-untyped-def]
+def test_empty_prompt_shows_a_clear_message(browser, arena_page_url: str, sqlite_url: str) -> None:  # type: ignore[no-untyped-def]
+    """The message comes before any database work: an empty Send creates no battle."""
     from playwright.sync_api import expect
 
+    def battles() -> int:
+        with session_factory(get_engine(sqlite_url))() as session:
+            return len(session.scalars(select(Battle.id)).all())
+
+    before = battles()
     page = browser.new_page()
     page.goto(arena_page_url, wait_until="load")
     page.locator("#battle-send").wait_for(timeout=30_000)
     page.locator("#battle-send").click()
     expect(page.locator("#battle-status")).to_contain_text("Please type a message first", timeout=20_000)
     page.close()
+    assert battles() == before
 
 
 EMOJI = re.compile("[\U0001F000-\U0001FAFF\u2600-\u27BF\u2B00-\u2BFF\uFE0F\u2190-\u21FF\u2300-\u23FF]")
