@@ -45,7 +45,7 @@ sys.path.insert(0, str(REPO_ROOT))
 from benchmarks.serving_throughput import CONFIGS, Deadline, machine_info, make_checkpoint_dir  # noqa: E402
 from serving.config import EngineConfig  # noqa: E402
 from serving.engine import Engine  # noqa: E402
-from serving.models import build_model  # noqa: E402
+from serving.models import build_model, init_dummy_weights  # noqa: E402
 from serving.sampling import SamplingParams  # noqa: E402
 from serving.sequence import GenerationRequest  # noqa: E402
 
@@ -190,13 +190,8 @@ def empty_cache(engine: Engine) -> None:
 @torch.inference_mode()
 def dummy_model(config, device: str, dtype: torch.dtype, max_context: int):
     """Our model with random weights (normal, std 0.02; norm weights 1) - no checkpoint read."""
-    torch.manual_seed(0)
     model = build_model(config, device, dtype, max_context)
-    for name, param in model.named_parameters():
-        if name.endswith("norm.weight"):
-            param.fill_(1.0)
-        else:
-            param.normal_(0.0, 0.02)
+    init_dummy_weights(model, seed=0)
     return model
 
 

@@ -126,6 +126,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated projections that adapters may adapt (default: q_proj,k_proj,v_proj,"
         "o_proj,gate_proj,up_proj,down_proj); fewer targets, smaller GPU slots",
     )
+    parser.add_argument(
+        "--tensor-parallel",
+        type=int,
+        default=1,
+        metavar="N",
+        help="split the model across N ranks of this host (GPUs 0..N-1 with --device cuda; gloo processes on cpu)",
+    )
+    parser.add_argument(
+        "--load-format",
+        choices=("safetensors", "dummy"),
+        default="safetensors",
+        help="dummy: random weights in the checkpoint's config.json (benchmarks without the weights)",
+    )
     parser.add_argument("--log-level", default="info", help="debug, info, warning or error")
     add_sparse_arguments(parser)
     return parser
@@ -152,6 +165,8 @@ def main(argv: list[str] | None = None) -> None:
     if len(set(names)) != len(names):
         raise SystemExit(f"model names must be unique: {names}")
     lora = adapters_by_model(args.lora, names)
+    if args.tensor_parallel > 1 and len(names) > 1:
+        raise SystemExit("arena-serve: --tensor-parallel serves one model per server; start one server per model")
     engines = {}
     for name, path in args.model:
         try:
@@ -175,6 +190,8 @@ def main(argv: list[str] | None = None) -> None:
             max_loras=args.max_loras,
             max_lora_rank=args.max_lora_rank,
             lora_targets=tuple(args.lora_targets.split(",")) if args.lora_targets else None,
+            tensor_parallel=args.tensor_parallel,
+            load_format=args.load_format,
         )
         try:
             engine = Engine(config)
@@ -182,7 +199,11 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(f"arena-serve: cannot load model {name!r} from {path}: {error}") from None
         engines[name] = AsyncEngine(engine, name)
         logger.info("serving %s from %s on %s", name, path, args.device)
-    uvicorn.run(create_app(engines), host=args.host, port=args.port, log_level=args.log_level.lower())
+    try:
+        uvicorn.run(create_app(engines), host=args.host, port=args.port, log_level=args.log_level.lower())
+    finally:
+        for served in engines.values():
+            served.shutdown()  # stops tensor-parallel workers too
 
 
 if __name__ == "__main__":

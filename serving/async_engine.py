@@ -103,6 +103,12 @@ class AsyncEngine:
         self._thread.join(timeout=10)
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        finally:
+            self.engine.close()  # tensor-parallel workers stop with the loop that drives them
+
+    def _loop(self) -> None:
         while not self._stopped.is_set():
             self._drain_inbox(block=not self.engine.has_work)
             if not self.engine.has_work:

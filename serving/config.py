@@ -49,6 +49,11 @@ class EngineConfig:
     max_loras: int = 4
     max_lora_rank: int = 64
     lora_targets: tuple[str, ...] | None = None  # projections with device slots; None: all seven
+    # Ranks the model is split across (one process each; rank r on cuda:r, or gloo on the CPU).
+    tensor_parallel: int = 1
+    # "safetensors": the checkpoint's weights; "dummy": random weights in the checkpoint's
+    # config (benchmarks of 8B/70B configurations without their weights; outputs are noise).
+    load_format: str = "safetensors"
 
     @property
     def lora_enabled(self) -> bool:

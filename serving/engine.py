@@ -20,12 +20,14 @@ from serving.kv_sizing import num_kv_slots
 from serving.lora.adapter import AdapterError, LoraAdapter, load_adapter
 from serving.lora.pool import ALL_TARGETS, AdapterInUseError, AdapterPool
 from serving.model_runner import MemoryPlan, ModelRunner
-from serving.models import load_config, load_model
+from serving.models import load_config
+from serving.parallel import SINGLE, init_tensor_parallel, leave_tensor_parallel
 from serving.prefix_cache import NoPrefixCache
 from serving.radix_cache import RadixCache
 from serving.sampling import PendingSample, Sampler, TokenLogprobs
 from serving.scheduler import ScheduledBatch, Scheduler
 from serving.sequence import GenerationRequest, RequestOutput, Sequence
+from serving.tp_worker import Workers, build_rank_model, check_tensor_parallel, share_plan
 
 logger = logging.getLogger(__name__)
 
@@ -69,8 +71,18 @@ class Engine:
         self.tokenizer = AutoTokenizer.from_pretrained(config.model_path, local_files_only=True)
         self.eos_token_ids = eos_token_ids(config.model_path, model_config, self.tokenizer)
         dtype = config.torch_dtype()
+        check_tensor_parallel(config, model_config)
+        self.workers: Workers | None = None
+        channel = None
+        tp = SINGLE
+        if config.tensor_parallel > 1:
+            if model is not None:
+                raise ValueError("a tensor-parallel engine loads its own shards; pass no model")
+            self.workers = Workers(config, max_context)
+            channel = self.workers.channel
+            tp = init_tensor_parallel(0, config.tensor_parallel, config.device, self.workers.init_method)
         if model is None:
-            model = load_model(config.model_path, config.device, dtype, max_context, model_config)
+            model = build_rank_model(config, model_config, max_context, tp)
         self.model_config = model_config
         self.adapters: AdapterPool | None = None
         if config.lora_enabled:
@@ -82,6 +94,8 @@ class Engine:
         num_slots = num_kv_slots(config, model_config, max_context, dtype, lora_bytes)
         self.max_context = min(max_context, num_slots - 1)
         plan = MemoryPlan(num_slots, config.max_running, self.max_context)
+        if self.workers is not None:
+            share_plan(model.tp, plan, next(model.parameters()).device)
         self.runner = ModelRunner(
             model,
             plan,
@@ -89,6 +103,7 @@ class Engine:
             config.attention_backend,
             config.sparse_options(),
             self.adapters,
+            channel,
         )
         kv_pool = self.runner.kv_pool
         use_cache = config.prefix_cache and self.runner.attention.supports_prefix_cache
@@ -352,6 +367,16 @@ class Engine:
             finish_reason=seq.finish_reason,
             logprobs=logprobs,
         )
+
+    def close(self) -> None:
+        """Stop the tensor-parallel workers and leave their process group (nothing otherwise).
+        Call it from the thread that drives the engine, after its last step."""
+        if self.workers is None:
+            return
+        workers, self.workers = self.workers, None
+        self.runner.stop_workers()
+        workers.join()
+        leave_tensor_parallel()
 
     def generate(self, requests: list[GenerationRequest]) -> dict[str, list[int]]:
         """Run requests to completion (offline use: tests, benchmarks); output token ids by id."""

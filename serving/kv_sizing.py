@@ -17,7 +17,7 @@ def num_kv_slots(
     """Slots of the pool, the padding slot included.
 
     ``kv_slots`` gives the exact count (tests); ``kv_memory_gb`` a byte budget for K and V over
-    all layers (GPU deployments), less ``shared_bytes`` that other engine memory takes from the
+    all layers (GPU deployments; per rank, for its KV heads, under tensor parallelism), less ``shared_bytes`` that other engine memory takes from the
     same budget (the LoRA adapter slots); by default there is room for every running request at
     full context, capped at 32k tokens (at least one full context), plenty for the CPU path.
     """
@@ -30,6 +30,7 @@ def num_kv_slots(
                 f"kv_memory_gb={config.kv_memory_gb} leaves no room for KV after {shared_bytes / 2**30:.2f} GiB "
                 "of LoRA adapter slots; lower max_loras or max_lora_rank"
             )
-        layers, kv_heads = model_config.num_hidden_layers, model_config.num_key_value_heads
+        layers = model_config.num_hidden_layers
+        kv_heads = model_config.num_key_value_heads // config.tensor_parallel  # each rank's budget, its heads
         return slots_for_memory(budget, layers, kv_heads, head_dim_of(model_config), dtype)
     return min(config.max_running * max_context, max(max_context, DEFAULT_POOL_TOKENS)) + 1

@@ -4,13 +4,19 @@ for decode batches on the GPU (one graph per batch-size bucket).
 
 With an :class:`~serving.lora.pool.AdapterPool`, a batch also carries its rows' adapter slots
 (:class:`~serving.lora.batch.LoraBatch`); decode graphs keep them in a row of their static
-input buffer, so batches mixing adapters (and the base model) replay the same graphs."""
+input buffer, so batches mixing adapters (and the base model) replay the same graphs.
+
+Under tensor parallelism (``serving/parallel.py``) the driver's runner broadcasts each step's
+packed inputs (or, for a decode graph, its static input buffer) to the workers' runners, which
+wait for them in :meth:`ModelRunner.follow` and run the same forward on their shards: one
+scheduler, N ranks in lockstep."""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from serving.attention import ForwardBatch, ForwardMode, make_attention_backend
@@ -19,9 +25,28 @@ from serving.lora.pool import AdapterPool
 from serving.memory import PADDING_SLOT, KVPool, ReqToTokenPool
 from serving.models import LlamaForCausalLM
 from serving.models.llama import head_dim_of
+from serving.parallel import StepChannel, TensorParallel
 from serving.scheduler import ScheduledBatch
 
 logger = logging.getLogger(__name__)
+
+
+# What a driver sends its workers each step (see StepMessage).
+STOP, STEP, GRAPH = "stop", "step", "graph"
+
+
+@dataclass(frozen=True)
+class StepMessage:
+    """One step, driver -> workers: ``kind`` STEP (eager: the packed inputs and field sizes),
+    GRAPH (a decode-graph bucket and the used columns of the static input buffer) or STOP;
+    ``unread``: how many input tokens follow by a device broadcast (a batch scheduled ahead)."""
+
+    kind: str
+    is_decode: bool = False
+    sizes: tuple[int, ...] = ()
+    inputs: np.ndarray | None = None
+    graph_size: int = 0
+    unread: int = 0
 
 
 @dataclass
@@ -44,16 +69,21 @@ class ModelRunner:
         attention_backend: str = "dense",
         backend_options: object = None,
         adapters: AdapterPool | None = None,
+        channel: StepChannel | None = None,
     ) -> None:
         config = model.config
         param = next(model.parameters())
         self.model = model
+        self.tp: TensorParallel = model.tp
+        if self.tp.enabled and channel is None:
+            raise ValueError("a tensor-parallel runner needs the step channel between driver and workers")
+        self.channel = channel
         self.adapters = adapters
         self.device = param.device
         self.kv_pool = KVPool(
             config.num_hidden_layers,
             plan.num_slots,
-            config.num_key_value_heads,
+            model.num_kv_heads,  # this rank's
             head_dim_of(config),
             param.dtype,
             self.device,
@@ -82,10 +112,56 @@ class ModelRunner:
         self.attention.begin_step(batch)
         if self.graphs is not None and batch.is_decode:
             return self.graphs.replay(batch, unread_tokens)
-        forward_batch = self.prepare(batch)
+        is_decode, sizes, packed = self.pack(batch)
+        unread = 0 if unread_tokens is None else unread_tokens.numel()
+        self.tell_workers(StepMessage(STEP, is_decode, tuple(sizes), packed.numpy(), unread=unread))
+        forward_batch = self.unpack(is_decode, sizes, packed.to(self.device))
+        forward_batch.lora = self.lora_batch(batch)  # (no adapters under tensor parallelism)
         if unread_tokens is not None:
-            forward_batch.input_ids = unread_tokens
+            forward_batch.input_ids = self.tp.broadcast(unread_tokens.contiguous())
         return self.run(forward_batch)
+
+    # ----- tensor parallelism: the driver announces each step, workers follow --------------
+
+    def tell_workers(self, message: StepMessage) -> None:
+        if self.channel is not None:
+            self.channel.send(message)
+
+    def stop_workers(self) -> None:
+        """Tell the workers' :meth:`follow` loops to return."""
+        self.tell_workers(StepMessage(STOP))
+
+    @torch.inference_mode()
+    def follow(self) -> None:
+        """A worker's loop: run every step the driver announces, until it says stop (or exits).
+
+        The step's inputs come over a pipe, not a collective: an idle server leaves its workers
+        blocked in a read without a timeout, and a dead driver ends them (end of file). Only the
+        unread input tokens of a batch scheduled ahead, already on the driver's device, come by
+        a device broadcast."""
+        assert self.channel is not None
+        while True:
+            try:
+                message: StepMessage = self.channel.receive()
+            except EOFError:
+                logger.warning("the tensor-parallel driver went away; this worker stops")
+                return
+            if message.kind == STOP:
+                return
+            if message.kind == GRAPH:
+                assert self.graphs is not None and message.inputs is not None
+                self.graphs.follow(message)
+                continue
+            assert message.inputs is not None
+            packed = torch.from_numpy(message.inputs).to(self.device)
+            batch = self.unpack(message.is_decode, list(message.sizes), packed)
+            if message.unread:
+                batch.input_ids = self.receive_unread(message.unread)
+            self.run(batch)
+
+    def receive_unread(self, count: int) -> torch.Tensor:
+        """The driver's sampled tokens of the previous step, by device broadcast."""
+        return self.tp.broadcast(torch.empty(count, dtype=torch.int64, device=self.device))
 
     def run(self, batch: ForwardBatch) -> torch.Tensor:
         """The backend's per-step metadata, then the model (also what a decode graph captures)."""
@@ -94,6 +170,21 @@ class ModelRunner:
 
     def prepare(self, batch: ScheduledBatch) -> ForwardBatch:
         """Flatten the batch's new tokens and per-request metadata into device tensors."""
+        is_decode, sizes, packed = self.pack(batch)
+        forward_batch = self.unpack(is_decode, sizes, packed.to(self.device))
+        forward_batch.lora = self.lora_batch(batch)
+        return forward_batch
+
+    def lora_batch(self, batch: ScheduledBatch) -> LoraBatch | None:
+        """The rows' adapter slots, or None when no row of the step uses an adapter."""
+        lora_slots = [seq.lora_slot for seq in batch.sequences]
+        if self.adapters is None or all(slot == NO_ADAPTER for slot in lora_slots):
+            return None
+        return LoraBatch.build(lora_slots, batch.num_new_tokens, self.device)
+
+    def pack(self, batch: ScheduledBatch) -> tuple[bool, list[int], torch.Tensor]:
+        """The batch's new tokens and per-request metadata as one host int64 tensor (one
+        host -> device copy, one broadcast) and the sizes of its fields."""
         input_ids: list[int] = []
         positions: list[int] = []
         seq_lens, q_start, logits_indices = [], [], []
@@ -136,14 +227,14 @@ class ModelRunner:
             [torch.tensor([v for values in fields for v in values], dtype=torch.int64), batch.out_cache_loc]
         )
         sizes = [len(values) for values in fields] + [batch.out_cache_loc.numel()]
-        parts = packed.to(self.device, non_blocking=False).split(sizes)
+        return batch.is_decode, sizes, packed
+
+    def unpack(self, is_decode: bool, sizes: list[int], packed: torch.Tensor) -> ForwardBatch:
+        """The :class:`ForwardBatch` of :meth:`pack`'s tensor, already on the device."""
+        parts = packed.split(sizes)
         ids, pos, rows, lens, extend_lens, starts, logits_rows, t_rows, t_cols, t_slots, slots = parts
-        lora = None
-        lora_slots = [seq.lora_slot for seq in batch.sequences]
-        if self.adapters is not None and any(slot != NO_ADAPTER for slot in lora_slots):
-            lora = LoraBatch.build(lora_slots, batch.num_new_tokens, self.device)
+        extend = not is_decode
         return ForwardBatch(
-            lora=lora,
             mode=ForwardMode.EXTEND if extend else ForwardMode.DECODE,
             input_ids=ids,
             positions=pos,
@@ -256,7 +347,25 @@ class DecodeGraphs:
         self.runner.attention.prepare_replay(batch, size)
         self.inputs.copy_(self.host_inputs, non_blocking=True)
         self.copied.record()
+        if self.runner.tp.enabled:  # the workers replay the same bucket on the same inputs
+            unread = 0 if unread_tokens is None else count
+            inputs = view[:, :size].copy()
+            self.runner.tell_workers(StepMessage(GRAPH, True, inputs=inputs, graph_size=size, unread=unread))
+            if unread_tokens is not None:
+                unread_tokens = self.runner.tp.broadcast(unread_tokens.contiguous())
         if unread_tokens is not None:
             self.inputs[0, :count].copy_(unread_tokens)
         self.graphs[size].replay()
         return self.outputs[size][:count]
+
+    def follow(self, message: StepMessage) -> None:
+        """A worker's replay of the driver's bucket on the driver's static inputs."""
+        assert message.inputs is not None
+        size = message.graph_size
+        self.copied.synchronize()
+        self.host_view[:, :size] = message.inputs
+        self.inputs.copy_(self.host_inputs, non_blocking=True)
+        self.copied.record()
+        if message.unread:
+            self.inputs[0, : message.unread].copy_(self.runner.receive_unread(message.unread))
+        self.graphs[size].replay()

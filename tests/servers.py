@@ -64,12 +64,14 @@ def build_demo_models(out_dir: Path) -> Path:
 
 
 @contextmanager
-def demo_model_server(models_dir: Path, *, timeout_s: float = 180.0) -> Iterator[str]:
-    """Our own engine (``python -m serving``) serving the demo models on the CPU; yields its /v1 URL."""
+def demo_model_server(models_dir: Path, *, timeout_s: float = 180.0, names: tuple[str, ...] = DEMO_MODELS,
+                      extra_args: tuple[str, ...] = ()) -> Iterator[str]:
+    """Our own engine (``python -m serving``) serving the demo models (or ``names`` of them) on
+    the CPU, with ``extra_args`` for the CLI; yields its /v1 URL."""
     port = free_port()
     command = [sys.executable, "-m", "serving", "--host", "127.0.0.1", "--port", str(port), "--device", "cpu",
-               "--max-context", str(DEMO_CONTEXT_TOKENS)]
-    for name in DEMO_MODELS:
+               "--max-context", str(DEMO_CONTEXT_TOKENS), *extra_args]
+    for name in names:
         command += ["--model", f"{name}={models_dir / name}"]
     process = subprocess.Popen(command, cwd=REPO_ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     base_url = f"http://127.0.0.1:{port}/v1"

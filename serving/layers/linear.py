@@ -28,6 +28,7 @@ import torch.distributed as dist
 from torch import nn
 
 from serving import kernels
+from serving.layers.checkpoint_slice import materialize
 from serving.lora.batch import LoraBatch
 
 
@@ -99,10 +100,9 @@ class LinearBase(nn.Module):
         """This rank's ``size``-wide chunk of ``tensor`` along ``dim``."""
         return tensor.narrow(dim, self.tp_rank * size, size)
 
-    def weight_loader(
-        self, param: nn.Parameter, loaded: torch.Tensor, shard_id: str | int | None = None
-    ) -> None:
-        """Copy a checkpoint tensor (the full, unsharded HF weight or bias) into this rank's part."""
+    def weight_loader(self, param: nn.Parameter, loaded, shard_id: str | int | None = None) -> None:
+        """Copy a checkpoint tensor (the full, unsharded HF weight or bias, a tensor or a lazy
+        :class:`~serving.layers.checkpoint_slice.CheckpointSlice`) into this rank's part."""
         index = self.sub_index(shard_id)
         is_bias = param.dim() == 1
         full_shape: tuple[int, ...] = (self.full_sub_sizes[index],)
@@ -113,7 +113,7 @@ class LinearBase(nn.Module):
             loaded = self.rank_part(loaded, 0, self.sub_sizes[index])
         elif self.tp_dim == 1 and not is_bias:
             loaded = self.rank_part(loaded, 1, self.input_size)
-        param.data[self.sub_rows(index)].copy_(loaded)
+        param.data[self.sub_rows(index)].copy_(materialize(loaded))
 
     # ----- LoRA ---------------------------------------------------------------------------
 

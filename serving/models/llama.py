@@ -22,7 +22,9 @@ from serving.layers.linear import (
     QKVParallelLinear,
     RowParallelLinear,
 )
+from serving.layers.vocab import ParallelLMHead, VocabParallelEmbedding
 from serving.models.rope import build_cos_sin_cache
+from serving.parallel import SINGLE, TensorParallel
 
 # (fused parameter, HF checkpoint part, shard id): the part names of the layers' weight_loader.
 STACKED_PARAMS = (
@@ -69,12 +71,13 @@ class LlamaMLP(nn.Module):
     """SwiGLU feed-forward with the gate and up projections fused; the down projection applies
     SiLU-and-mul to its input (one kernel at small batch, see ``kernels.linear``)."""
 
-    def __init__(self, config) -> None:
+    def __init__(self, config, tp: TensorParallel = SINGLE) -> None:
         super().__init__()
         bias = getattr(config, "mlp_bias", False)
         size = config.intermediate_size
-        self.gate_up_proj = MergedColumnParallelLinear(config.hidden_size, [size, size], bias=bias)
-        self.down_proj = RowParallelLinear(size, config.hidden_size, bias=bias)
+        shard = {"tp_rank": tp.rank, "tp_size": tp.size}
+        self.gate_up_proj = MergedColumnParallelLinear(config.hidden_size, [size, size], bias=bias, **shard)
+        self.down_proj = RowParallelLinear(size, config.hidden_size, bias=bias, **shard)
 
     def forward(self, x: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
         gate_up = self.gate_up_proj(x, batch.lora)
@@ -84,24 +87,36 @@ class LlamaMLP(nn.Module):
 class LlamaAttention(nn.Module):
     """Grouped-query attention: fused qkv projection, the backend's rotary + KV store + paged
     attention, output projection. It is the backend's ``AttentionLayer``: layer index, scale,
-    rotary table (shared by all layers, set by ``init_rotary``) and q/k norms."""
+    rotary table (shared by all layers, set by ``init_rotary``) and q/k norms. Under tensor
+    parallelism it holds this rank's query and KV heads (``num_heads``, ``num_kv_heads``)."""
 
     is_neox = True
 
-    def __init__(self, config, layer_id: int) -> None:
+    def __init__(self, config, layer_id: int, tp: TensorParallel = SINGLE) -> None:
         super().__init__()
         self.layer_id = layer_id
         self.cos_sin_cache = torch.empty(0)  # the model's table, set by LlamaForCausalLM.init_rotary
-        self.num_heads = config.num_attention_heads
-        self.num_kv_heads = config.num_key_value_heads
         self.head_dim = head_dim_of(config)
         self.scale = self.head_dim**-0.5
+        self.qkv_proj = QKVParallelLinear(
+            config.hidden_size,
+            self.head_dim,
+            config.num_attention_heads,
+            config.num_key_value_heads,
+            bias=self.qkv_bias(config),
+            tp_rank=tp.rank,
+            tp_size=tp.size,
+        )
+        self.num_heads, self.num_kv_heads = self.qkv_proj.num_heads, self.qkv_proj.num_kv_heads
         self.q_size = self.num_heads * self.head_dim
         self.kv_size = self.num_kv_heads * self.head_dim
-        self.qkv_proj = QKVParallelLinear(
-            config.hidden_size, self.head_dim, self.num_heads, self.num_kv_heads, bias=self.qkv_bias(config)
+        self.o_proj = RowParallelLinear(
+            config.num_attention_heads * self.head_dim,
+            config.hidden_size,
+            bias=self.o_proj_bias(config),
+            tp_rank=tp.rank,
+            tp_size=tp.size,
         )
-        self.o_proj = RowParallelLinear(self.q_size, config.hidden_size, bias=self.o_proj_bias(config))
 
     def qkv_bias(self, config) -> bool:
         """Whether q/k/v projections have biases (Llama: ``attention_bias``; Qwen2: always)."""
@@ -132,10 +147,10 @@ class LlamaDecoderLayer(nn.Module):
 
     attention_cls: type[LlamaAttention] = LlamaAttention
 
-    def __init__(self, config, layer_id: int) -> None:
+    def __init__(self, config, layer_id: int, tp: TensorParallel = SINGLE) -> None:
         super().__init__()
-        self.self_attn = self.attention_cls(config, layer_id)
-        self.mlp = LlamaMLP(config)
+        self.self_attn = self.attention_cls(config, layer_id, tp)
+        self.mlp = LlamaMLP(config, tp)
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
@@ -155,10 +170,10 @@ class LlamaModel(nn.Module):
 
     layer_cls: type[LlamaDecoderLayer] = LlamaDecoderLayer
 
-    def __init__(self, config) -> None:
+    def __init__(self, config, tp: TensorParallel = SINGLE) -> None:
         super().__init__()
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(self.layer_cls(config, i) for i in range(config.num_hidden_layers))
+        self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size, tp)
+        self.layers = nn.ModuleList(self.layer_cls(config, i, tp) for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
     def forward(self, batch: ForwardBatch, attention: AttentionBackend) -> torch.Tensor:
@@ -171,16 +186,19 @@ class LlamaModel(nn.Module):
 
 
 class LlamaForCausalLM(nn.Module):
-    """Causal LM head over :class:`LlamaModel`; returns fp32 logits of ``batch.logits_indices`` rows."""
+    """Causal LM head over :class:`LlamaModel`; returns fp32 logits of ``batch.logits_indices``
+    rows (the whole vocabulary on every rank under tensor parallelism)."""
 
     model_cls: type[LlamaModel] = LlamaModel
     stacked_params = STACKED_PARAMS
 
-    def __init__(self, config) -> None:
+    def __init__(self, config, tp: TensorParallel = SINGLE) -> None:
         super().__init__()
         self.config = config
-        self.model = self.model_cls(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.tp = tp
+        self.num_kv_heads = config.num_key_value_heads // tp.size  # KV heads this rank stores
+        self.model = self.model_cls(config, tp)
+        self.lm_head = ParallelLMHead(config.vocab_size, config.hidden_size, tp)
         if getattr(config, "tie_word_embeddings", False):
             self.lm_head.weight = self.model.embed_tokens.weight
         self.cos_sin_cache: torch.Tensor | None = None
@@ -195,7 +213,7 @@ class LlamaForCausalLM(nn.Module):
         if self.cos_sin_cache is None:
             raise RuntimeError("call init_rotary() before forward()")
         hidden = self.model(batch, attention)
-        return kernels.linear(hidden[batch.logits_indices], self.lm_head.weight).float()
+        return self.lm_head(hidden[batch.logits_indices]).float()
 
     def checkpoint_target(self, hf_name: str) -> tuple[str, str | int | None]:
         """Map a checkpoint name like ``...self_attn.k_proj.weight`` to (our param name, part)."""

@@ -12,6 +12,7 @@ from serving.models.llama import (
     RMSNorm,
     head_dim_of,
 )
+from serving.parallel import SINGLE, TensorParallel
 
 
 class Qwen2Attention(LlamaAttention):
@@ -27,8 +28,8 @@ class Qwen2Attention(LlamaAttention):
 class Qwen3Attention(LlamaAttention):
     """Qwen3 normalises each query and key head (RMSNorm over head_dim) before rotary."""
 
-    def __init__(self, config, layer_id: int) -> None:
-        super().__init__(config, layer_id)
+    def __init__(self, config, layer_id: int, tp: TensorParallel = SINGLE) -> None:
+        super().__init__(config, layer_id, tp)
         self.q_norm = RMSNorm(head_dim_of(config), config.rms_norm_eps)
         self.k_norm = RMSNorm(head_dim_of(config), config.rms_norm_eps)
 
