@@ -113,10 +113,15 @@ def language_detector() -> LanguageDetector:
 
 def annotate_battles(sessions: sessionmaker[Session], batch_size: int = 500) -> int:
     """Store tags, style and the prompt hash on live voted battles that lack them; returns how
-    many were annotated. Imported battles bring theirs from the battle log."""
+    many were annotated. Imported battles bring theirs from the battle log.
+
+    Tagging is slow (lingua's detector takes seconds to build, then milliseconds a battle), so
+    it runs between a read and a short write: a write transaction held through it would lock
+    SQLite against every vote and new battle meanwhile (their BEGIN IMMEDIATE waits).
+    """
     done = 0
     while True:
-        with sessions.begin() as session:
+        with sessions() as session:
             battles = session.scalars(
                 select(Battle)
                 .where(exists().where(Vote.battle_id == Battle.id))
@@ -124,17 +129,32 @@ def annotate_battles(sessions: sessionmaker[Session], batch_size: int = 500) -> 
                 .where(Battle.tags.is_(None) | Battle.style.is_(None) | Battle.prompt_hash.is_(None))
                 .limit(batch_size)
             ).all()
-            if not battles:
-                return done
-            for battle in battles:
-                user_turns, answers = _battle_texts(session, battle.id)
-                if battle.tags is None:
-                    battle.tags = tag_battle(user_turns, language_detector())
-                if battle.style is None:
-                    battle.style = battle_style(answers["a"], answers["b"])
-                battle.prompt_hash = prompt_hash(user_turns[0] if user_turns else "")
-            done += len(battles)
-            logger.info("annotated %d battles", done)
+            pending = [(battle.id, battle.tags is None, battle.style is None, *_battle_texts(session, battle.id))
+                       for battle in battles]  # fmt: skip
+        if not pending:
+            return done
+        annotations = [_annotation(*item) for item in pending]
+        with sessions.begin() as session:
+            for battle_id, values in annotations:
+                battle = session.get(Battle, battle_id)
+                if battle is None:  # deleted meanwhile
+                    continue
+                for field, value in values.items():
+                    if getattr(battle, field) is None:  # another job may have annotated it meanwhile
+                        setattr(battle, field, value)
+        done += len(annotations)
+        logger.info("annotated %d battles", done)
+
+
+def _annotation(battle_id: str, needs_tags: bool, needs_style: bool, user_turns: list[str],
+                answers: dict[str, list[str]]) -> tuple[str, dict[str, Any]]:
+    """The missing annotations of one battle (no database work)."""
+    values: dict[str, Any] = {"prompt_hash": prompt_hash(user_turns[0] if user_turns else "")}
+    if needs_tags:
+        values["tags"] = tag_battle(user_turns, language_detector())
+    if needs_style:
+        values["style"] = battle_style(answers["a"], answers["b"])
+    return battle_id, values
 
 
 def mark_downsampled_prompts(sessions: sessionmaker[Session], batch_size: int = 500) -> int:

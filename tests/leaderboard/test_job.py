@@ -112,3 +112,36 @@ def test_snapshot_shows_the_mle_and_lists_a_model_with_only_wins_as_unrated():
     assert set(shown) == {"m1", "m2", "m3"}
     for model, rating in shown.items():
         assert abs(rating - mle[model]) <= 0.051  # rounded to 0.1 in the payload
+
+
+def test_tagging_battles_holds_no_write_lock(tmp_path, monkeypatch):
+    """Tags are computed outside any write transaction: while the job tags (lingua's detector
+    takes seconds to build on a busy machine), a vote or a new battle can still be written.
+    Held through the tagging, SQLite's write lock kept a page's new battle waiting in CI."""
+    import sqlite3
+
+    from arena.db.session import get_engine, session_factory
+    from arena.leaderboard import job
+    from tests.conftest import migrate
+
+    path = tmp_path / "arena.db"
+    migrate(f"sqlite:///{path}")
+    sessions = session_factory(get_engine(f"sqlite:///{path}"))
+    seed_votes(sessions, 12, seed=3)
+    tag_battle, probes = job.tag_battle, []
+
+    def tag_while_another_writer_writes(user_turns, detector):
+        writer = sqlite3.connect(path, timeout=0.5)
+        try:
+            writer.execute("BEGIN IMMEDIATE")  # raises "database is locked" if the job holds the lock
+            writer.rollback()
+            probes.append("written")
+        finally:
+            writer.close()
+        return tag_battle(user_turns, detector)
+
+    monkeypatch.setattr(job, "tag_battle", tag_while_another_writer_writes)
+    assert job.annotate_battles(sessions, batch_size=5) == 12
+    assert probes == ["written"] * 12
+    with sessions() as session:
+        assert session.scalar(select(func.count()).select_from(Battle).where(Battle.tags.is_(None))) == 0
