@@ -105,6 +105,7 @@ class Engine:
             self.adapters,
             channel,
         )
+        self.runner.mirror_adapters()  # under tensor parallelism, every rank holds its shard of each slot
         kv_pool = self.runner.kv_pool
         use_cache = config.prefix_cache and self.runner.attention.supports_prefix_cache
         prefix_cache = RadixCache(kv_pool) if use_cache else NoPrefixCache(kv_pool)

@@ -21,7 +21,7 @@ import torch
 
 from serving.attention import ForwardBatch, ForwardMode, make_attention_backend
 from serving.lora.batch import NO_ADAPTER, LoraBatch
-from serving.lora.pool import AdapterPool
+from serving.lora.pool import AdapterPool, serialize_adapter
 from serving.memory import PADDING_SLOT, KVPool, ReqToTokenPool
 from serving.models import LlamaForCausalLM
 from serving.models.llama import head_dim_of
@@ -32,14 +32,15 @@ logger = logging.getLogger(__name__)
 
 
 # What a driver sends its workers each step (see StepMessage).
-STOP, STEP, GRAPH = "stop", "step", "graph"
+STOP, STEP, GRAPH, LORA = "stop", "step", "graph", "lora"
 
 
 @dataclass(frozen=True)
 class StepMessage:
-    """One step, driver -> workers: ``kind`` STEP (eager: the packed inputs and field sizes),
-    GRAPH (a decode-graph bucket and the used columns of the static input buffer) or STOP;
-    ``unread``: how many input tokens follow by a device broadcast (a batch scheduled ahead)."""
+    """One message, driver -> workers: ``kind`` STEP (eager: the packed inputs and field sizes,
+    and the rows' adapter slots when any row has one), GRAPH (a decode-graph bucket and the used
+    columns of the static input buffer), LORA (an adapter pool's ``event``, between steps) or
+    STOP; ``unread``: how many input tokens follow by device broadcast (a batch scheduled ahead)."""
 
     kind: str
     is_decode: bool = False
@@ -47,6 +48,9 @@ class StepMessage:
     inputs: np.ndarray | None = None
     graph_size: int = 0
     unread: int = 0
+    lora_slots: tuple[int, ...] = ()
+    num_new_tokens: tuple[int, ...] = ()
+    event: tuple | None = None
 
 
 @dataclass
@@ -114,9 +118,12 @@ class ModelRunner:
             return self.graphs.replay(batch, unread_tokens)
         is_decode, sizes, packed = self.pack(batch)
         unread = 0 if unread_tokens is None else unread_tokens.numel()
-        self.tell_workers(StepMessage(STEP, is_decode, tuple(sizes), packed.numpy(), unread=unread))
         forward_batch = self.unpack(is_decode, sizes, packed.to(self.device))
-        forward_batch.lora = self.lora_batch(batch)  # (no adapters under tensor parallelism)
+        forward_batch.lora = self.lora_batch(batch)
+        if self.channel is not None:
+            slots = tuple(seq.lora_slot for seq in batch.sequences) if forward_batch.lora is not None else ()
+            self.tell_workers(StepMessage(STEP, is_decode, tuple(sizes), packed.numpy(), unread=unread,
+                                          lora_slots=slots, num_new_tokens=tuple(batch.num_new_tokens)))
         if unread_tokens is not None:
             forward_batch.input_ids = self.tp.broadcast(unread_tokens.contiguous())
         return self.run(forward_batch)
@@ -126,6 +133,15 @@ class ModelRunner:
     def tell_workers(self, message: StepMessage) -> None:
         if self.channel is not None:
             self.channel.send(message)
+
+    def mirror_adapters(self) -> None:
+        """Send the adapter pool's adapters to the workers, then every later change of it."""
+        if self.channel is None or self.adapters is None:
+            return
+        pool = self.adapters
+        pool.on_change = lambda event: self.tell_workers(StepMessage(LORA, event=event))
+        for adapter in pool.adapters.values():
+            pool.on_change(("add", serialize_adapter(adapter)))
 
     def stop_workers(self) -> None:
         """Tell the workers' :meth:`follow` loops to return."""
@@ -148,6 +164,10 @@ class ModelRunner:
                 return
             if message.kind == STOP:
                 return
+            if message.kind == LORA:
+                assert self.adapters is not None and message.event is not None
+                self.adapters.apply(message.event)
+                continue
             if message.kind == GRAPH:
                 assert self.graphs is not None and message.inputs is not None
                 self.graphs.follow(message)
@@ -155,6 +175,8 @@ class ModelRunner:
             assert message.inputs is not None
             packed = torch.from_numpy(message.inputs).to(self.device)
             batch = self.unpack(message.is_decode, list(message.sizes), packed)
+            if message.lora_slots:
+                batch.lora = LoraBatch.build(list(message.lora_slots), list(message.num_new_tokens), self.device)
             if message.unread:
                 batch.input_ids = self.receive_unread(message.unread)
             self.run(batch)

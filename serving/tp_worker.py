@@ -17,6 +17,7 @@ from multiprocessing.connection import Connection
 import torch
 
 from serving.config import EngineConfig
+from serving.lora.pool import ALL_TARGETS, AdapterPool
 from serving.model_runner import MemoryPlan, ModelRunner
 from serving.models import build_model, init_dummy_weights, load_config, load_model
 from serving.parallel import (
@@ -56,8 +57,6 @@ def check_tensor_parallel(config: EngineConfig, model_config) -> None:
                         ("intermediate size", model_config.intermediate_size)):  # fmt: skip
         if count % size:
             raise TensorParallelError(f"the model's {what} ({count}) do not divide by tensor_parallel={size}")
-    if config.lora_enabled:
-        raise TensorParallelError("LoRA adapters are not served under tensor parallelism yet; use tensor_parallel=1")
     if config.attention_backend != "dense":
         raise TensorParallelError(
             f"the {config.attention_backend} attention backend is not served under tensor parallelism yet; use dense"
@@ -130,9 +129,13 @@ def worker_main(rank: int, spec: WorkerSpec, receive: Connection) -> None:
     try:
         model_config = load_config(config.model_path)
         model = build_rank_model(config, model_config, spec.max_context, tp)
+        adapters = None
+        if config.lora_enabled:  # the same slots as the driver's pool; the adapters come from it
+            targets = config.lora_targets or ALL_TARGETS
+            adapters = AdapterPool(model, model_config, config.max_loras, config.max_lora_rank, targets)
         plan = share_plan(tp, None, next(model.parameters()).device)
         runner = ModelRunner(model, plan, config.use_cuda_graphs, config.attention_backend,
-                             channel=StepChannel([receive]))
+                             adapters=adapters, channel=StepChannel([receive]))
         runner.follow()
     finally:
         leave_tensor_parallel()

@@ -8,14 +8,22 @@ as the KV cache (the engine sizes the KV pool after it). The scheduler :meth:`ac
 <AdapterPool.release>` it when the request finishes or is preempted. An adapter without users
 stays resident until its slot is needed (LRU); when every slot is in use, ``acquire`` returns
 None and the request simply waits in the queue until a slot frees up - it never fails.
+
+Under tensor parallelism the driver's pool reports each change (an adapter added or removed, one
+paged into a slot) to ``on_change``; the engine sends it to every worker, whose own pool
+:meth:`applies <AdapterPool.apply>` it to its shards of the slots.
 """
 
 from __future__ import annotations
 
+import io
 import itertools
 import logging
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
+
+import torch
 
 from serving.lora.adapter import AdapterError, LoraAdapter, load_adapter
 from serving.models.llama import LORA_TARGETS
@@ -63,6 +71,7 @@ class AdapterPool:
         self.num_loads = 0
         self.num_evictions = 0
         self._uids = itertools.count(1)
+        self.on_change: Callable[[tuple], None] | None = None  # see the module docstring
 
     # ----- the host store -----------------------------------------------------------------
 
@@ -86,7 +95,30 @@ class AdapterPool:
             )
         adapter.uid = next(self._uids)
         self.adapters[adapter.name] = adapter
+        if self.on_change is not None:  # (serialized only for workers)
+            self._report("add", serialize_adapter(adapter))
         return adapter
+
+    def _report(self, *event: object) -> None:
+        if self.on_change is not None:
+            self.on_change(event)
+
+    def apply(self, event: tuple) -> None:
+        """A worker's copy of a driver pool's change: ``("add", bytes)``, ``("remove", name)``
+        or ``("load", name, slot)`` (the driver chose the slot; this rank fills its shard)."""
+        kind, *args = event
+        if kind == "add":
+            adapter = deserialize_adapter(args[0])
+            self.adapters[adapter.name] = adapter
+        elif kind == "remove":
+            self.adapters.pop(args[0], None)
+        elif kind == "load":
+            name, slot = args
+            for other in [n for n, s in self._slot_of.items() if s == slot]:
+                del self._slot_of[other]  # evicted on the driver
+            self._load(name, slot)
+        else:
+            raise ValueError(f"unknown adapter pool event {kind!r}")
 
     def _check_name(self, name: str) -> str:
         if not name or ":" in name or "/" in name:
@@ -106,6 +138,7 @@ class AdapterPool:
             self._idle.pop(name, None)
             self._free_slots.append(slot)
         del self.adapters[name]
+        self._report("remove", name)
         logger.info("unregistered adapter %s", name)
 
     def __contains__(self, name: object) -> bool:
@@ -162,4 +195,17 @@ class AdapterPool:
             target.load_lora(slot, part, a, b)
         self._slot_of[name] = slot
         self.num_loads += 1
+        self._report("load", name, slot)
         logger.debug("paged adapter %s into slot %d", name, slot)
+
+
+def serialize_adapter(adapter: LoraAdapter) -> bytes:
+    """An adapter as bytes for a worker's pipe (torch's format: any dtype, bf16 included)."""
+    buffer = io.BytesIO()
+    torch.save(adapter, buffer)
+    return buffer.getvalue()
+
+
+def deserialize_adapter(data: bytes) -> LoraAdapter:
+    """The adapter :func:`serialize_adapter` wrote (bytes from our own driver process)."""
+    return torch.load(io.BytesIO(data), weights_only=False)

@@ -105,6 +105,31 @@ def test_mixed_adapter_batch_matches_peft(tiny_checkpoint, lora_adapters, peft_o
     assert_no_slot_leaked(engine)
 
 
+def test_mixed_adapter_batch_under_two_ranks_matches_peft(tiny_checkpoint, lora_adapters, peft_outputs):
+    """Tensor parallelism (TP=2, a gloo worker): each rank holds its shard of every adapter
+    slot. The driver's pool pages adapters (2 slots for 4) and tells the worker; one adapter is
+    registered at run time."""
+    names = sorted(lora_adapters)
+    late = names[-1]
+    config = EngineConfig(
+        str(tiny_checkpoint("llama")),
+        max_running=8,
+        max_batch_tokens=24,
+        lora_adapters={name: str(lora_adapters[name]) for name in names if name != late},
+        max_loras=2,
+        max_lora_rank=16,
+        tensor_parallel=2,
+    )
+    engine = Engine(config)
+    try:
+        engine.add_adapter(engine.load_adapter(late, lora_adapters[late]))
+        prompts, expected = peft_outputs
+        assert run_mixed(engine, prompts) == expected
+        assert engine.adapters is not None and engine.adapters.num_evictions > 0
+    finally:
+        engine.close()
+
+
 def test_layer_outputs_match_peft_lora_layers(tiny_checkpoint, lora_adapters):
     """Each adapted projection's output (base + delta) equals PEFT's LoRA layer within 1e-5."""
     base_dir = tiny_checkpoint("llama")
