@@ -252,6 +252,8 @@ class Engine:
         returns exactly one step's outputs, in order; a sequence that stops on a token has had
         one more step launched, whose token is dropped.
         """
+        if self.workers is not None:
+            self.workers.check_alive()
         launched, self._in_flight = self._in_flight, None
         if launched is None:
             batch = self.scheduler.schedule()
@@ -375,7 +377,10 @@ class Engine:
         if self.workers is None:
             return
         workers, self.workers = self.workers, None
-        self.runner.stop_workers()
+        try:
+            self.runner.stop_workers()
+        except OSError:  # a worker already gone: its pipe is closed
+            logger.warning("a tensor-parallel worker had exited before the engine stopped")
         workers.join()
         leave_tensor_parallel()
 

@@ -72,6 +72,10 @@ class WorkerSpec:
     init_method: str
 
 
+class WorkerLostError(RuntimeError):
+    """A worker rank exited: its shards are gone, so the engine can run no more steps."""
+
+
 class Workers:
     """The worker processes of one tensor-parallel engine."""
 
@@ -89,6 +93,15 @@ class Workers:
             process.start()
         for receive, _ in pipes:
             receive.close()  # the worker holds it now: its end of file is the driver's exit
+
+    def check_alive(self) -> None:
+        """Raise :class:`WorkerLostError` if a worker has exited (checked before every step)."""
+        for process in self.processes:
+            if not process.is_alive():
+                raise WorkerLostError(
+                    f"tensor-parallel {process.name} exited (exit code {process.exitcode}); this engine "
+                    "cannot run steps without its shards: restart the server"
+                )
 
     def join(self, timeout_s: float = WORKER_JOIN_TIMEOUT_S) -> None:
         """Wait for the workers to exit (after the driver's stop), killing any that hang."""

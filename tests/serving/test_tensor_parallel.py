@@ -19,7 +19,7 @@ from serving.models import build_model, load_config, load_model
 from serving.parallel import TensorParallel
 from serving.sampling import SamplingParams
 from serving.sequence import GenerationRequest
-from serving.tp_worker import TensorParallelError, check_tensor_parallel
+from serving.tp_worker import TensorParallelError, WorkerLostError, check_tensor_parallel
 
 PROMPTS = (
     "def main(args):\n    return",
@@ -66,6 +66,19 @@ def test_an_engine_closes_its_workers(tiny_checkpoint) -> None:
     assert not any(p.is_alive() for p in workers.processes)
     assert all(p.exitcode == 0 for p in workers.processes)
     engine.close()  # twice is harmless
+
+
+def test_a_lost_worker_fails_the_next_step_with_a_clear_error(tiny_checkpoint) -> None:
+    engine = Engine(EngineConfig(str(tiny_checkpoint("llama")), tensor_parallel=2, max_running=2))
+    try:
+        assert engine.workers is not None
+        worker = engine.workers.processes[0]
+        worker.kill()
+        worker.join(10)
+        with pytest.raises(WorkerLostError, match=r"tp-rank-1 exited \(exit code -9\).*restart the server"):
+            engine.generate(_requests(engine, max_tokens=2))
+    finally:
+        engine.close()  # does not hang on the dead worker
 
 
 def test_each_rank_reads_only_its_shard_of_the_checkpoint(tiny_checkpoint) -> None:
