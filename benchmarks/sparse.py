@@ -222,7 +222,7 @@ def memory_section(context: int = 32768, budget_gib: float = 40.0) -> dict:
         if mode.startswith("ds"):
             count = DS_SETTINGS[mode]
             DoubleSparsityBackend(
-                pool, rows, None, DoubleSparsityConfig(count), torch.zeros(layers, kv_heads, count)
+                pool, rows, None, DoubleSparsityConfig(count), channels=torch.zeros(layers, kv_heads, count)
             )
             entries = context
         elif mode.startswith("h2o"):

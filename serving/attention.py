@@ -29,14 +29,19 @@ The protocol (:class:`AttentionBackend`):
     Host-side, once per step before ``prepare`` (graph replays included), with the
     :class:`~serving.scheduler.ScheduledBatch`: what a backend decides from host numbers (the
     step's longest context, which requests opted out of sparse attention) without reading the
-    device. The dense backend needs nothing. ``supports_cuda_graphs`` / ``supports_overlap`` /
+    device. It returns that decision as a small picklable plan (None: nothing decided), which a
+    tensor-parallel driver sends to its workers, whose backends take it in ``follow_step(plan)``.
+    The dense backend needs nothing. ``supports_cuda_graphs`` / ``supports_overlap`` /
     ``supports_prefix_cache`` say whether the runner may capture its decode steps, the engine
     may schedule ahead, and the engine may share KV through the prefix cache (not when the
     backend evicts entries: the cache owns a running sequence's prefilled slots).
-``evictions(batch)``
-    Host-side, after a step is queued: ``(sequence, kept entry indices)`` for each sequence of
-    the step whose KV the backend shrank (H2O; its device row already compacted). The engine
-    then drops the other entries from ``Sequence.kv_slots`` and frees their slots. Dense: none.
+``eviction_plan(batch)`` / ``evict(row, kv_len, length, protected)``
+    Host-side, after a step is queued: ``(sequence, evict arguments)`` for each sequence of the
+    step whose KV the backend will shrink (H2O), then ``evict`` compacts one request row on the
+    device and returns the kept entry indices (under tensor parallelism every rank evicts the
+    same entries: the ranks' attention mass is summed first). The engine then drops the other
+    entries from ``Sequence.kv_slots`` and frees their slots (``ModelRunner.evictions``). Dense:
+    no plan.
 ``init_graph_state(max_batch)`` / ``prepare_replay(batch, size)``
     CUDA-graph hooks: allocate any static buffers the backend's captured work reads, once
     before capture; fill them on the host side before each replay of a graph of ``size``
@@ -45,8 +50,8 @@ The protocol (:class:`AttentionBackend`):
 
 The model runner picks the backend class by name from :data:`ATTENTION_BACKENDS`
 (``EngineConfig.attention_backend``: ``dense``, ``double-sparsity``, ``h2o``) and builds it with
-``(kv_pool, req_pool, model_config, options)``, the options being the backend's settings
-(``EngineConfig.sparse_options()``).
+``(kv_pool, req_pool, model_config, options, tp)``, the options being the backend's settings
+(``EngineConfig.sparse_options()``) and ``tp`` the rank whose KV heads the pool holds.
 """
 
 from __future__ import annotations
@@ -61,6 +66,7 @@ import torch
 from serving import kernels
 from serving.lora.batch import LoraBatch
 from serving.memory import KVPool, ReqToTokenPool
+from serving.parallel import SINGLE, TensorParallel
 
 if TYPE_CHECKING:
     from serving.scheduler import ScheduledBatch
@@ -127,7 +133,9 @@ class AttentionBackend(Protocol):
     supports_overlap: bool
     supports_prefix_cache: bool
 
-    def begin_step(self, batch: ScheduledBatch) -> None: ...
+    def begin_step(self, batch: ScheduledBatch) -> object: ...
+
+    def follow_step(self, plan: object) -> None: ...
 
     def prepare(self, batch: ForwardBatch) -> None: ...
 
@@ -139,7 +147,9 @@ class AttentionBackend(Protocol):
 
     def prepare_replay(self, batch: ScheduledBatch, size: int) -> None: ...
 
-    def evictions(self, batch: ScheduledBatch) -> list[tuple[Sequence, list[int]]]: ...
+    def eviction_plan(self, batch: ScheduledBatch) -> list[tuple[Sequence, tuple[int, int, int, int]]]: ...
+
+    def evict(self, row: int, kv_len: int, length: int, protected: int = 0) -> list[int]: ...
 
 
 def rotary_and_store(
@@ -167,13 +177,22 @@ class DenseAttentionBackend:
     supports_prefix_cache = True
 
     def __init__(
-        self, kv_pool: KVPool, req_pool: ReqToTokenPool, model_config: object = None, options: object = None
+        self,
+        kv_pool: KVPool,
+        req_pool: ReqToTokenPool,
+        model_config: object = None,
+        options: object = None,
+        tp: TensorParallel = SINGLE,
     ) -> None:
         self.kv_pool = kv_pool
         self.req_to_token = req_pool.req_to_token
+        self.tp = tp
 
-    def begin_step(self, batch: ScheduledBatch) -> None:
+    def begin_step(self, batch: ScheduledBatch) -> object:
         return None  # dense attention decides nothing on the host
+
+    def follow_step(self, plan: object) -> None:
+        return None
 
     def prepare(self, batch: ForwardBatch) -> None:
         """Record the step's slots in the slot table (inside the decode graph on CUDA)."""
@@ -212,8 +231,11 @@ class DenseAttentionBackend:
     def prepare_replay(self, batch: ScheduledBatch, size: int) -> None:
         return None
 
-    def evictions(self, batch: ScheduledBatch) -> list[tuple[Sequence, list[int]]]:
+    def eviction_plan(self, batch: ScheduledBatch) -> list[tuple[Sequence, tuple[int, int, int, int]]]:
         return []  # dense attention keeps every entry
+
+    def evict(self, row: int, kv_len: int, length: int, protected: int = 0) -> list[int]:
+        raise RuntimeError("dense attention never evicts")
 
 
 ATTENTION_BACKENDS: dict[str, Callable[..., AttentionBackend]] = {"dense": DenseAttentionBackend}
@@ -229,7 +251,12 @@ def _register_sparse_backends() -> None:
 
 
 def make_attention_backend(
-    name: str, kv_pool: KVPool, req_pool: ReqToTokenPool, model_config: object, options: object = None
+    name: str,
+    kv_pool: KVPool,
+    req_pool: ReqToTokenPool,
+    model_config: object,
+    options: object = None,
+    tp: TensorParallel = SINGLE,
 ) -> AttentionBackend:
     """Build the backend registered under ``name`` (with its ``options``, e.g. a
     ``DoubleSparsityConfig``); ValueError naming the known ones otherwise."""
@@ -238,4 +265,4 @@ def make_attention_backend(
         raise ValueError(
             f"unknown attention backend {name!r}; known: {', '.join(sorted(ATTENTION_BACKENDS))}"
         )
-    return ATTENTION_BACKENDS[name](kv_pool, req_pool, model_config, options)
+    return ATTENTION_BACKENDS[name](kv_pool, req_pool, model_config, options, tp)

@@ -293,7 +293,7 @@ class Engine:
             self.scheduler.rollback(batch)  # no slot may leak; the caller decides about the requests
             raise
         self.scheduler.advance(batch)
-        for seq, keep in self.runner.attention.evictions(batch):  # H2O: KV over budget
+        for seq, keep in self.runner.evictions(batch):  # H2O: KV over budget
             self.scheduler.drop_kv(seq, keep)
         sample = self.sampler.launch(logits[: len(sampling)], sampling) if sampling else None
         scores = None

@@ -27,20 +27,23 @@ from serving.models import LlamaForCausalLM
 from serving.models.llama import head_dim_of
 from serving.parallel import StepChannel, TensorParallel
 from serving.scheduler import ScheduledBatch
+from serving.sequence import Sequence
 
 logger = logging.getLogger(__name__)
 
 
 # What a driver sends its workers each step (see StepMessage).
-STOP, STEP, GRAPH, LORA = "stop", "step", "graph", "lora"
+STOP, STEP, GRAPH, LORA, EVICT = "stop", "step", "graph", "lora", "evict"
 
 
 @dataclass(frozen=True)
 class StepMessage:
     """One message, driver -> workers: ``kind`` STEP (eager: the packed inputs and field sizes,
     and the rows' adapter slots when any row has one), GRAPH (a decode-graph bucket and the used
-    columns of the static input buffer), LORA (an adapter pool's ``event``, between steps) or
-    STOP; ``unread``: how many input tokens follow by device broadcast (a batch scheduled ahead)."""
+    columns of the static input buffer), LORA (an adapter pool's ``event``, between steps),
+    EVICT (``evictions``: the attention backend's ``evict`` arguments after a step) or STOP.
+    ``attention_plan`` is the backend's ``begin_step`` plan; ``unread``: how many input tokens
+    follow by device broadcast (a batch scheduled ahead)."""
 
     kind: str
     is_decode: bool = False
@@ -51,6 +54,8 @@ class StepMessage:
     lora_slots: tuple[int, ...] = ()
     num_new_tokens: tuple[int, ...] = ()
     event: tuple | None = None
+    attention_plan: object = None
+    evictions: tuple[tuple[int, int, int, int], ...] = ()
 
 
 @dataclass
@@ -95,7 +100,7 @@ class ModelRunner:
         self.req_pool = ReqToTokenPool(plan.max_running + 1, plan.max_context, self.device)
         self.padding_row = self.req_pool.alloc()  # padded graph entries read slot 0 through it
         self.attention = make_attention_backend(
-            attention_backend, self.kv_pool, self.req_pool, config, backend_options
+            attention_backend, self.kv_pool, self.req_pool, config, backend_options, self.tp
         )
         self.graphs: DecodeGraphs | None = None
         if use_cuda_graphs and not self.attention.supports_cuda_graphs:
@@ -113,9 +118,9 @@ class ModelRunner:
         """
         if batch.ahead != (unread_tokens is not None):
             raise ValueError("a batch scheduled ahead needs the unread tokens, and only it")
-        self.attention.begin_step(batch)
+        attention_plan = self.attention.begin_step(batch)
         if self.graphs is not None and batch.is_decode:
-            return self.graphs.replay(batch, unread_tokens)
+            return self.graphs.replay(batch, unread_tokens, attention_plan)
         is_decode, sizes, packed = self.pack(batch)
         unread = 0 if unread_tokens is None else unread_tokens.numel()
         forward_batch = self.unpack(is_decode, sizes, packed.to(self.device))
@@ -123,7 +128,8 @@ class ModelRunner:
         if self.channel is not None:
             slots = tuple(seq.lora_slot for seq in batch.sequences) if forward_batch.lora is not None else ()
             self.tell_workers(StepMessage(STEP, is_decode, tuple(sizes), packed.numpy(), unread=unread,
-                                          lora_slots=slots, num_new_tokens=tuple(batch.num_new_tokens)))
+                                          lora_slots=slots, num_new_tokens=tuple(batch.num_new_tokens),
+                                          attention_plan=attention_plan))
         if unread_tokens is not None:
             forward_batch.input_ids = self.tp.broadcast(unread_tokens.contiguous())
         return self.run(forward_batch)
@@ -142,6 +148,15 @@ class ModelRunner:
         pool.on_change = lambda event: self.tell_workers(StepMessage(LORA, event=event))
         for adapter in pool.adapters.values():
             pool.on_change(("add", serialize_adapter(adapter)))
+
+    def evictions(self, batch: ScheduledBatch) -> list[tuple[Sequence, list[int]]]:
+        """After a step: the sequences whose KV the backend shrank (H2O) and the entries each
+        keeps, every rank evicting the same ones (their device rows compacted)."""
+        plan = self.attention.eviction_plan(batch)
+        if not plan:
+            return []
+        self.tell_workers(StepMessage(EVICT, evictions=tuple(arguments for _, arguments in plan)))
+        return [(seq, self.attention.evict(*arguments)) for seq, arguments in plan]
 
     def stop_workers(self) -> None:
         """Tell the workers' :meth:`follow` loops to return."""
@@ -168,6 +183,11 @@ class ModelRunner:
                 assert self.adapters is not None and message.event is not None
                 self.adapters.apply(message.event)
                 continue
+            if message.kind == EVICT:
+                for arguments in message.evictions:
+                    self.attention.evict(*arguments)
+                continue
+            self.attention.follow_step(message.attention_plan)
             if message.kind == GRAPH:
                 assert self.graphs is not None and message.inputs is not None
                 self.graphs.follow(message)
@@ -346,7 +366,9 @@ class DecodeGraphs:
         torch.cuda.synchronize()
         logger.info("captured decode CUDA graphs for batch sizes %s", self.buckets)
 
-    def replay(self, batch: ScheduledBatch, unread_tokens: torch.Tensor | None = None) -> torch.Tensor:
+    def replay(
+        self, batch: ScheduledBatch, unread_tokens: torch.Tensor | None = None, attention_plan: object = None
+    ) -> torch.Tensor:
         """Write the decode batch's inputs (padded to its bucket) to the static buffer, replay.
 
         With ``unread_tokens`` (a batch scheduled ahead) the input tokens are copied on the
@@ -372,7 +394,8 @@ class DecodeGraphs:
         if self.runner.tp.enabled:  # the workers replay the same bucket on the same inputs
             unread = 0 if unread_tokens is None else count
             inputs = view[:, :size].copy()
-            self.runner.tell_workers(StepMessage(GRAPH, True, inputs=inputs, graph_size=size, unread=unread))
+            self.runner.tell_workers(StepMessage(GRAPH, True, inputs=inputs, graph_size=size, unread=unread,
+                                                 attention_plan=attention_plan))
             if unread_tokens is not None:
                 unread_tokens = self.runner.tp.broadcast(unread_tokens.contiguous())
         if unread_tokens is not None:
@@ -384,6 +407,7 @@ class DecodeGraphs:
         """A worker's replay of the driver's bucket on the driver's static inputs."""
         assert message.inputs is not None
         size = message.graph_size
+        self.runner.attention.follow_step(message.attention_plan)
         self.copied.synchronize()
         self.host_view[:, :size] = message.inputs
         self.inputs.copy_(self.host_inputs, non_blocking=True)

@@ -57,10 +57,6 @@ def check_tensor_parallel(config: EngineConfig, model_config) -> None:
                         ("intermediate size", model_config.intermediate_size)):  # fmt: skip
         if count % size:
             raise TensorParallelError(f"the model's {what} ({count}) do not divide by tensor_parallel={size}")
-    if config.attention_backend != "dense":
-        raise TensorParallelError(
-            f"the {config.attention_backend} attention backend is not served under tensor parallelism yet; use dense"
-        )
 
 
 @dataclass(frozen=True)
@@ -148,7 +144,7 @@ def worker_main(rank: int, spec: WorkerSpec, receive: Connection) -> None:
             adapters = AdapterPool(model, model_config, config.max_loras, config.max_lora_rank, targets)
         plan = share_plan(tp, None, next(model.parameters()).device)
         runner = ModelRunner(model, plan, config.use_cuda_graphs, config.attention_backend,
-                             adapters=adapters, channel=StepChannel([receive]))
+                             config.sparse_options(), adapters, StepChannel([receive]))
         runner.follow()
     finally:
         leave_tensor_parallel()

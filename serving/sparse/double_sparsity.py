@@ -33,6 +33,7 @@ from serving.attention import (
     rotary_and_store,
 )
 from serving.memory import KVPool, ReqToTokenPool
+from serving.parallel import SINGLE, TensorParallel
 from serving.sparse.calibration import ChannelRanking
 from serving.sparse.settings import DoubleSparsityConfig
 
@@ -59,12 +60,16 @@ class DoubleSparsityBackend(DenseAttentionBackend):
         req_pool: ReqToTokenPool,
         model_config: object = None,
         options: DoubleSparsityConfig | None = None,
+        tp: TensorParallel = SINGLE,
         channels: torch.Tensor | None = None,
     ) -> None:
-        super().__init__(kv_pool, req_pool, model_config)
+        super().__init__(kv_pool, req_pool, model_config, options, tp)
         self.config = options or DoubleSparsityConfig()
         if channels is None:
             channels = self._load_channels(model_config)
+        if tp.enabled:  # this rank's KV heads of the model's ranking
+            heads = channels.shape[1] // tp.size
+            channels = channels[:, tp.rank * heads : (tp.rank + 1) * heads]
         num_layers, num_kv_heads, num_channels = channels.shape
         k0 = kv_pool.k[0]
         if (num_layers, num_kv_heads) != (len(kv_pool.k), k0.shape[1]) or num_channels > k0.shape[2]:
@@ -84,10 +89,17 @@ class DoubleSparsityBackend(DenseAttentionBackend):
             ranking.check_model(model_config)
         return ranking.top(self.config.heavy_channels)
 
-    def begin_step(self, batch: ScheduledBatch) -> None:
-        """Take the step's longest context and its opted-out rows from the host."""
+    def begin_step(self, batch: ScheduledBatch) -> tuple[int, list[int]]:
+        """Take the step's longest context and its opted-out rows from the host; return them."""
         dense = [i for i, seq in enumerate(batch.sequences) if not seq.params.sparse_attention]
-        self.plan(max((seq.num_kv for seq in batch.sequences), default=0), dense)
+        longest = max((seq.num_kv for seq in batch.sequences), default=0)
+        self.plan(longest, dense)
+        return longest, dense
+
+    def follow_step(self, plan: object) -> None:
+        """A worker rank: the driver's :meth:`begin_step` plan."""
+        longest, dense = plan  # type: ignore[misc]
+        self.plan(longest, dense)
 
     def plan(self, longest: int, dense_rows: list[int]) -> None:
         """Set the next step's longest KV length and the batch rows that attend densely."""

@@ -11,7 +11,7 @@ its mass summed over layers. :meth:`H2OBackend.evict` keeps, for one sequence, t
 prefix (slots shared with other requests through a prefix cache are never evicted), the most
 recent tokens and the heavy hitters up to the budget, frees the other slots to the pool and
 compacts the sequence's ``req_to_token`` row (the scheduler drops them from ``Sequence.kv_slots``
-and frees them to the pool: :meth:`H2OBackend.evictions`). Keys are stored with rotary applied, so evicting
+and frees them to the pool: :meth:`H2OBackend.eviction_plan`). Keys are stored with rotary applied, so evicting
 never changes the remaining keys; new tokens keep their true positions (``ForwardBatch.positions``
 comes from ``Sequence.num_computed``, the row length ``seq_lens`` from ``len(kv_slots)``).
 """
@@ -31,6 +31,7 @@ from serving.attention import (
     rotary_and_store,
 )
 from serving.memory import KVPool, ReqToTokenPool
+from serving.parallel import SINGLE, TensorParallel
 from serving.sparse.settings import H2OConfig
 
 if TYPE_CHECKING:
@@ -58,8 +59,9 @@ class H2OBackend(DenseAttentionBackend):
         req_pool: ReqToTokenPool,
         model_config: object = None,
         options: H2OConfig | None = None,
+        tp: TensorParallel = SINGLE,
     ) -> None:
-        super().__init__(kv_pool, req_pool, model_config)
+        super().__init__(kv_pool, req_pool, model_config, options, tp)
         self.config = options or H2OConfig()
         self.mass = kv_pool.add_side_table(MASS_TABLE, (), torch.float32)
 
@@ -92,17 +94,15 @@ class H2OBackend(DenseAttentionBackend):
             batch.extend_lens, batch.q_start, layer.scale,
         )  # fmt: skip
 
-    def evictions(self, batch: ScheduledBatch) -> list[tuple[Sequence, list[int]]]:
-        """For each sequence of the step over budget (and not opted out): the KV entries it
-        keeps. The device rows are compacted here; the caller drops the rest from the
-        sequence's slots and frees them."""
+    def eviction_plan(self, batch: ScheduledBatch) -> list[tuple[Sequence, tuple[int, int, int, int]]]:
+        """Each sequence of the step over budget (and not opted out), with the arguments of its
+        :meth:`evict`; the caller evicts, drops the rest from the sequence's slots and frees them."""
         plans = []
         for seq in batch.sequences:
             if seq.req_pool_idx is None or not seq.params.sparse_attention:
                 continue
             if self.needs_eviction(seq.num_kv, seq.num_computed):
-                keep = self.evict(seq.req_pool_idx, seq.num_kv, seq.num_computed, seq.prefix.length)
-                plans.append((seq, keep))
+                plans.append((seq, (seq.req_pool_idx, seq.num_kv, seq.num_computed, seq.prefix.length)))
         return plans
 
     def needs_eviction(self, kv_len: int, length: int) -> bool:
@@ -117,7 +117,7 @@ class H2OBackend(DenseAttentionBackend):
         if kv_len <= budget:
             return list(range(kv_len))
         slots = self.req_to_token[row, :kv_len].long()
-        total = self.mass[:, slots].sum(dim=0)
+        total = self.tp.all_reduce(self.mass[:, slots].sum(dim=0))  # every rank's heads: one choice
         keep = kernels.h2o_keep_positions(total, budget, self.config.recent(length), protected)
         dropped = torch.ones(kv_len, dtype=torch.bool, device=slots.device)
         dropped[keep] = False

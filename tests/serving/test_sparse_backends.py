@@ -31,7 +31,7 @@ def dense(pool, req_pool) -> DenseAttentionBackend:
 
 def double_sparsity(channels: torch.Tensor, **settings):
     config = DoubleSparsityConfig(**settings)
-    return lambda pool, rows: DoubleSparsityBackend(pool, rows, None, config, channels)
+    return lambda pool, rows: DoubleSparsityBackend(pool, rows, None, config, channels=channels)
 
 
 def test_double_sparsity_below_the_threshold_is_dense(llama, channels) -> None:

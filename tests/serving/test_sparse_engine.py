@@ -122,6 +122,24 @@ def test_h2o_eviction_frees_slots_so_more_sequences_fit(model_dir) -> None:
     assert dense.scheduler.num_preemptions > 0
 
 
+@pytest.mark.parametrize("backend", ["double-sparsity", "h2o"])
+def test_sparse_attention_under_two_ranks_gives_one_ranks_tokens(model_dir, backend) -> None:
+    """Tensor parallelism (TP=2, a gloo worker): Double Sparsity ranks each rank's KV heads with
+    its part of the channel file, the step's plan (longest context, opted-out rows) goes to the
+    worker; H2O sums the ranks' attention mass, so both ranks evict the same entries."""
+    fields = {"max_running": 4, "attention_backend": backend, "double_sparsity": SPARSE,
+              "h2o": H2OConfig(budget_fraction=0.25, min_budget=8, evict_slack=4)}  # fmt: skip
+    single = Engine(EngineConfig(str(model_dir), **fields))
+    ids = prompts(single)
+    ids[2] = ids[2] * 3  # long enough to evict under H2O's budget
+    want = generate(single, ids, 40, sparse=[True, False, True])
+    split = Engine(EngineConfig(str(model_dir), tensor_parallel=2, **fields))
+    try:
+        assert generate(split, ids, 40, sparse=[True, False, True]) == want
+    finally:
+        split.close()
+
+
 def test_flags_choose_the_mode_per_model_and_tune_it() -> None:
     args = build_parser().parse_args(
         ["--model", "a=/m/a", "--model", "b=/m/b", "--sparse-attention", "h2o", "--sparse-attention",

@@ -143,7 +143,6 @@ def test_a_shard_holds_about_half_of_the_parameters(tiny_checkpoint) -> None:
     ("family", "change", "message"),
     [
         ("mistral", {}, r"KV heads \(1\) do not divide"),
-        ("llama", {"attention_backend": "h2o"}, "h2o attention backend is not served under tensor parallelism"),
         ("llama", {"device": "cuda:1"}, "the device is 'cuda'"),
     ],
 )
