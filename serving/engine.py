@@ -73,11 +73,27 @@ class Engine:
         dtype = config.torch_dtype()
         check_tensor_parallel(config, model_config)
         self.workers: Workers | None = None
+        if config.tensor_parallel > 1 and model is not None:
+            raise ValueError("a tensor-parallel engine loads its own shards; pass no model")
+        try:
+            self._build(config, model, model_config, max_context, dtype)
+        except BaseException:
+            if self.workers is not None:  # they would wait for this rank forever
+                self.workers.terminate()
+                leave_tensor_parallel()
+            raise
+        self.generation_tokens = 0  # output tokens produced since start (/metrics)
+        self.sampler = Sampler()
+        self.overlap = config.use_overlap and self.runner.attention.supports_overlap
+        self._in_flight: LaunchedStep | None = None
+        self._streams: dict[str, TextStream] = {}
+
+    def _build(self, config: EngineConfig, model, model_config, max_context: int, dtype: torch.dtype) -> None:
+        """Load (this rank's shard of) the model, its adapters, KV memory, runner and scheduler;
+        under tensor parallelism, start the workers first (they load theirs meanwhile)."""
         channel = None
         tp = SINGLE
         if config.tensor_parallel > 1:
-            if model is not None:
-                raise ValueError("a tensor-parallel engine loads its own shards; pass no model")
             self.workers = Workers(config, max_context)
             channel = self.workers.channel
             tp = init_tensor_parallel(0, config.tensor_parallel, config.device, self.workers.init_method)
@@ -118,11 +134,6 @@ class Engine:
             config.schedule_policy,
             adapters=self.adapters,
         )
-        self.generation_tokens = 0  # output tokens produced since start (/metrics)
-        self.sampler = Sampler()
-        self.overlap = config.use_overlap and self.runner.attention.supports_overlap
-        self._in_flight: LaunchedStep | None = None
-        self._streams: dict[str, TextStream] = {}
 
     # ----- requests -------------------------------------------------------------------------
 

@@ -99,6 +99,13 @@ class Workers:
                     "cannot run steps without its shards: restart the server"
                 )
 
+    def terminate(self) -> None:
+        """Stop the workers at once (the driver failed to start: they wait for it in a collective)."""
+        for process in self.processes:
+            process.terminate()
+        for process in self.processes:
+            process.join(WORKER_JOIN_TIMEOUT_S)
+
     def join(self, timeout_s: float = WORKER_JOIN_TIMEOUT_S) -> None:
         """Wait for the workers to exit (after the driver's stop), killing any that hang."""
         for process in self.processes:

@@ -81,6 +81,20 @@ def test_a_lost_worker_fails_the_next_step_with_a_clear_error(tiny_checkpoint) -
         engine.close()  # does not hang on the dead worker
 
 
+def test_a_driver_that_fails_to_start_stops_its_workers(tiny_checkpoint, tmp_path) -> None:
+    """A bad adapter fails the driver after its worker started: the worker must not wait on."""
+    import multiprocessing
+
+    from serving.lora.adapter import AdapterError
+
+    config = EngineConfig(str(tiny_checkpoint("llama")), tensor_parallel=2, lora_adapters={"bad": str(tmp_path)})
+    with pytest.raises(AdapterError):
+        Engine(config)
+    assert not [p for p in multiprocessing.active_children() if p.name.startswith("tp-rank-")]
+    ok = Engine(EngineConfig(str(tiny_checkpoint("llama")), tensor_parallel=2, max_running=2))  # can start again
+    ok.close()
+
+
 def test_each_rank_reads_only_its_shard_of_the_checkpoint(tiny_checkpoint) -> None:
     """Rank r of 2 holds rows (column-parallel, vocabulary) or columns (row-parallel) r of the
     HF tensors; the embedding's padding rows are zero. No process group is needed to load."""
