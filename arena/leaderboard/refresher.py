@@ -27,6 +27,8 @@ from arena.leaderboard.job import LeaderboardOptions, compute_leaderboards
 
 logger = logging.getLogger(__name__)
 
+STOP_GRACE_S = 30.0
+
 
 def _utc(moment: datetime | None) -> datetime | None:
     """SQLite hands back naive datetimes; every time here is UTC."""
@@ -87,6 +89,7 @@ class LeaderboardRefresher:
         # Look often enough to honour the debounce, at most every 2 s (one index probe each).
         self.poll_s = max(0.05, min(2.0, self.policy.debounce_s / 2))
         self._task: asyncio.Task[None] | None = None
+        self._computing: asyncio.Future[list[LeaderboardSnapshot]] | None = None  # the recompute's thread
 
     @classmethod
     def from_settings(cls, sessions: sessionmaker[Session], settings: Settings) -> LeaderboardRefresher:
@@ -101,12 +104,18 @@ class LeaderboardRefresher:
         if self.enabled and self._task is None:
             self._task = asyncio.create_task(self._run(), name="leaderboard-refresh")
 
-    async def stop(self) -> None:
+    async def stop(self, grace_s: float = STOP_GRACE_S) -> None:
+        """Stop watching; a recompute already running (a thread: it cannot be cancelled) gets
+        ``grace_s`` to finish, so no database work outlives the app by more than that."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        if self._computing is not None and not self._computing.done():
+            _, pending = await asyncio.wait({self._computing}, timeout=grace_s)
+            if pending:
+                logger.warning("a leaderboard recompute still runs %.0f s after the app stopped", grace_s)
 
     def check(self, pending_since: datetime | None) -> tuple[bool, datetime | None]:
         """Read the two timestamps and decide (see :meth:`RefreshPolicy.due`)."""
@@ -121,7 +130,11 @@ class LeaderboardRefresher:
             try:
                 due, pending_since = await asyncio.to_thread(self.check, pending_since)
                 if due:
-                    await asyncio.to_thread(compute_leaderboards, self.sessions, self.options)
+                    computing = asyncio.ensure_future(
+                        asyncio.to_thread(compute_leaderboards, self.sessions, self.options)
+                    )
+                    self._computing = computing
+                    await asyncio.shield(computing)  # a stop waits for it (see stop)
                     pending_since = None
             except Exception:  # keep serving the last snapshot; try again after the longest wait
                 logger.exception("leaderboard refresh failed")

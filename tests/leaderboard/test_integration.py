@@ -149,3 +149,35 @@ def test_cli_show_prints_whole_names_the_page_format_and_says_why_it_is_empty(tm
     assert unknown.exit_code == 1 and "No category 'poetry'" in unknown.output and "known: overall" in unknown.output
     as_csv = runner.invoke(app, ["leaderboard", "show", "--url", url, "--category", "poetry", "--output", "csv"])
     assert as_csv.exit_code == 1 and "No category 'poetry'" in as_csv.output
+
+
+async def test_stopping_waits_for_a_running_recompute(tmp_path: Path, monkeypatch):
+    """The recompute runs in a thread, which a cancelled task leaves running: stop() waits for it,
+    so no database work outlives the app (a recompute left running held SQLite's lock in CI)."""
+    import threading
+    import time
+
+    from arena.leaderboard import refresher as refresher_module
+
+    url = f"sqlite:///{tmp_path / 'stop.db'}"
+    migrate(url)
+    sessions = session_factory(get_engine(url))
+    seed_votes(sessions, 20, seed=4)
+    started, finished = threading.Event(), threading.Event()
+    real = refresher_module.compute_leaderboards
+
+    def slow_compute(*args, **kwargs):
+        started.set()
+        time.sleep(1.0)
+        result = real(*args, **kwargs)
+        finished.set()
+        return result
+
+    monkeypatch.setattr(refresher_module, "compute_leaderboards", slow_compute)
+    refresher = LeaderboardRefresher(sessions, RefreshPolicy(debounce_s=0.05, max_wait_s=1))
+    refresher.options.rounds = 5
+    refresher.start()
+    while not started.is_set():
+        await asyncio.sleep(0.02)
+    await refresher.stop()
+    assert finished.is_set()
