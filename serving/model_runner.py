@@ -6,9 +6,9 @@ With an :class:`~serving.lora.pool.AdapterPool`, a batch also carries its rows' 
 (:class:`~serving.lora.batch.LoraBatch`); decode graphs keep them in a row of their static
 input buffer, so batches mixing adapters (and the base model) replay the same graphs.
 
-Under tensor parallelism (``serving/parallel.py``) the driver's runner broadcasts each step's
-packed inputs (or, for a decode graph, its static input buffer) to the workers' runners, which
-wait for them in :meth:`ModelRunner.follow` and run the same forward on their shards: one
+Under tensor parallelism (``serving/parallel.py``) the driver's runner sends each step's packed
+inputs (or, for a decode graph, its static input buffer) to the workers' runners over pipes;
+they wait for them in :meth:`ModelRunner.follow` and run the same forward on their shards: one
 scheduler, N ranks in lockstep."""
 
 from __future__ import annotations
@@ -121,13 +121,11 @@ class ModelRunner:
         attention_plan = self.attention.begin_step(batch)
         if self.graphs is not None and batch.is_decode:
             return self.graphs.replay(batch, unread_tokens, attention_plan)
-        is_decode, sizes, packed = self.pack(batch)
+        forward_batch, sizes, packed = self.prepare(batch)
         unread = 0 if unread_tokens is None else unread_tokens.numel()
-        forward_batch = self.unpack(is_decode, sizes, packed.to(self.device))
-        forward_batch.lora = self.lora_batch(batch)
         if self.channel is not None:
             slots = tuple(seq.lora_slot for seq in batch.sequences) if forward_batch.lora is not None else ()
-            self.tell_workers(StepMessage(STEP, is_decode, tuple(sizes), packed.numpy(), unread=unread,
+            self.tell_workers(StepMessage(STEP, batch.is_decode, tuple(sizes), packed.numpy(), unread=unread,
                                           lora_slots=slots, num_new_tokens=tuple(batch.num_new_tokens),
                                           attention_plan=attention_plan))
         if unread_tokens is not None:
@@ -210,12 +208,13 @@ class ModelRunner:
         self.attention.prepare(batch)
         return self.model(batch, self.attention)
 
-    def prepare(self, batch: ScheduledBatch) -> ForwardBatch:
-        """Flatten the batch's new tokens and per-request metadata into device tensors."""
+    def prepare(self, batch: ScheduledBatch) -> tuple[ForwardBatch, list[int], torch.Tensor]:
+        """Flatten the batch's new tokens and per-request metadata into device tensors; also
+        the packed host tensor and its field sizes (what workers get)."""
         is_decode, sizes, packed = self.pack(batch)
         forward_batch = self.unpack(is_decode, sizes, packed.to(self.device))
         forward_batch.lora = self.lora_batch(batch)
-        return forward_batch
+        return forward_batch, sizes, packed
 
     def lora_batch(self, batch: ScheduledBatch) -> LoraBatch | None:
         """The rows' adapter slots, or None when no row of the step uses an adapter."""

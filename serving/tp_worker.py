@@ -1,7 +1,7 @@
 """The worker ranks of a tensor-parallel engine (``EngineConfig.tensor_parallel > 1``).
 
 The :class:`~serving.engine.Engine` is rank 0: it starts ranks 1..N-1 with
-:func:`start_workers` (one spawned process each), then every rank joins the process group,
+:class:`Workers` (one spawned process each), then every rank joins the process group,
 loads its shard of the checkpoint and receives the memory plan the driver computed
 (:func:`share_plan`). A worker then builds the same :class:`ModelRunner` as the driver, on its
 shards, and follows the driver's steps until :meth:`ModelRunner.stop_workers`.
@@ -40,7 +40,7 @@ class TensorParallelError(ValueError):
 
 
 def check_tensor_parallel(config: EngineConfig, model_config) -> None:
-    """Refuse what the ranks cannot split, or what does not run across ranks yet."""
+    """Refuse what the ranks cannot split (the message says why)."""
     size = config.tensor_parallel
     if size == 1:
         return
@@ -56,7 +56,7 @@ def check_tensor_parallel(config: EngineConfig, model_config) -> None:
                         ("KV heads", model_config.num_key_value_heads),
                         ("intermediate size", model_config.intermediate_size)):  # fmt: skip
         if count % size:
-            raise TensorParallelError(f"the model's {what} ({count}) do not divide by tensor_parallel={size}")
+            raise TensorParallelError(f"the model's {what} ({count}) cannot be split evenly over {size} ranks")
 
 
 @dataclass(frozen=True)

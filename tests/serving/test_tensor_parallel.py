@@ -156,7 +156,7 @@ def test_a_shard_holds_about_half_of_the_parameters(tiny_checkpoint) -> None:
 @pytest.mark.parametrize(
     ("family", "change", "message"),
     [
-        ("mistral", {}, r"KV heads \(1\) do not divide"),
+        ("mistral", {}, r"KV heads \(1\) cannot be split evenly over 2 ranks"),
         ("llama", {"device": "cuda:1"}, "the device is 'cuda'"),
     ],
 )
