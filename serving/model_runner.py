@@ -21,7 +21,7 @@ import torch
 
 from serving.attention import ForwardBatch, ForwardMode, make_attention_backend
 from serving.lora.batch import NO_ADAPTER, LoraBatch
-from serving.lora.pool import AdapterPool, serialize_adapter
+from serving.lora.pool import AdapterPool
 from serving.memory import PADDING_SLOT, KVPool, ReqToTokenPool
 from serving.models import LlamaForCausalLM
 from serving.models.llama import head_dim_of
@@ -142,10 +142,7 @@ class ModelRunner:
         """Send the adapter pool's adapters to the workers, then every later change of it."""
         if self.channel is None or self.adapters is None:
             return
-        pool = self.adapters
-        pool.on_change = lambda event: self.tell_workers(StepMessage(LORA, event=event))
-        for adapter in pool.adapters.values():
-            pool.on_change(("add", serialize_adapter(adapter)))
+        self.adapters.watch(lambda event: self.tell_workers(StepMessage(LORA, event=event)))
 
     def evictions(self, batch: ScheduledBatch) -> list[tuple[Sequence, list[int]]]:
         """After a step: the sequences whose KV the backend shrank (H2O) and the entries each

@@ -38,10 +38,6 @@ class TensorParallel:
     def enabled(self) -> bool:
         return self.size > 1
 
-    @property
-    def is_driver(self) -> bool:
-        return self.rank == 0
-
     def all_reduce(self, tensor: torch.Tensor) -> torch.Tensor:
         """Sum ``tensor`` over the ranks, in place (no-op on one rank)."""
         if self.enabled:

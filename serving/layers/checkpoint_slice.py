@@ -18,23 +18,19 @@ import torch
 class CheckpointSlice:
     """Rows/columns ``ranges`` of one safetensors tensor, not yet read."""
 
-    def __init__(self, handle: Any, shape: tuple[int, ...], ranges: tuple[tuple[int, int], ...] | None = None):
+    def __init__(self, handle: Any, ranges: tuple[tuple[int, int], ...]):
         self.handle = handle
-        self.full_shape = shape
-        self.ranges = ranges or tuple((0, size) for size in shape)
+        self.ranges = ranges
 
     @classmethod
     def open(cls, reader: Any, name: str) -> CheckpointSlice:
         """The lazy tensor ``name`` of an open ``safe_open`` reader."""
         handle = reader.get_slice(name)
-        return cls(handle, tuple(handle.get_shape()))
+        return cls(handle, tuple((0, size) for size in handle.get_shape()))
 
     @property
     def shape(self) -> torch.Size:
         return torch.Size(end - start for start, end in self.ranges)
-
-    def dim(self) -> int:
-        return len(self.ranges)
 
     def narrow(self, dim: int, start: int, length: int) -> CheckpointSlice:
         """Like ``Tensor.narrow``: ``length`` entries of ``dim`` from ``start`` (nothing read yet)."""
@@ -43,7 +39,7 @@ class CheckpointSlice:
             raise IndexError(f"narrow({dim}, {start}, {length}) is outside a dimension of size {high - low}")
         ranges = list(self.ranges)
         ranges[dim] = (low + start, low + start + length)
-        return CheckpointSlice(self.handle, self.full_shape, tuple(ranges))
+        return CheckpointSlice(self.handle, tuple(ranges))
 
     def read(self) -> torch.Tensor:
         """Read the block from the file."""

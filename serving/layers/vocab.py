@@ -42,7 +42,8 @@ class VocabShard(nn.Module):
         self.hidden_size = hidden_size
         self.rows_per_rank = padded_vocab_size(vocab_size, tp.size) // tp.size
         self.vocab_start = tp.rank * self.rows_per_rank
-        self.vocab_end = min(self.vocab_start + self.rows_per_rank, vocab_size)  # real rows end here
+        # Rows of real tokens in this shard (the rest, if any, is padding).
+        self.real_rows = max(min(self.rows_per_rank, vocab_size - self.vocab_start), 0)
         self.weight = nn.Parameter(torch.empty(self.rows_per_rank, hidden_size))
 
     def weight_loader(self, param: nn.Parameter, loaded, shard_id: str | int | None = None) -> None:
@@ -52,10 +53,9 @@ class VocabShard(nn.Module):
         expected = (self.vocab_size, self.hidden_size)
         if tuple(loaded.shape) != expected:
             raise ShardError(f"weight has shape {tuple(loaded.shape)}, expected {expected}")
-        rows = max(self.vocab_end - self.vocab_start, 0)
         param.data.zero_()
-        if rows:
-            param.data[:rows].copy_(materialize(loaded.narrow(0, self.vocab_start, rows)))
+        if self.real_rows:
+            param.data[: self.real_rows].copy_(materialize(loaded.narrow(0, self.vocab_start, self.real_rows)))
 
 
 class VocabParallelEmbedding(VocabShard):

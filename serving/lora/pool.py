@@ -99,6 +99,13 @@ class AdapterPool:
             self._report("add", serialize_adapter(adapter))
         return adapter
 
+    def watch(self, on_change: Callable[[tuple], None]) -> None:
+        """Report every change from now on to ``on_change``, after an ``"add"`` for each adapter
+        already registered (a tensor-parallel driver's pool; see the module docstring)."""
+        self.on_change = on_change
+        for adapter in self.adapters.values():
+            self._report("add", serialize_adapter(adapter))
+
     def _report(self, *event: object) -> None:
         if self.on_change is not None:
             self.on_change(event)

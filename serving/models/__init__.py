@@ -109,7 +109,7 @@ def init_dummy_weights(model: LlamaForCausalLM, seed: int = 0) -> None:
             param.normal_(0.0, 0.02)
     for module in model.modules():
         if isinstance(module, VocabShard):
-            module.weight[max(module.vocab_end - module.vocab_start, 0) :].zero_()
+            module.weight[module.real_rows :].zero_()
 
 
 def load_weights(model: LlamaForCausalLM, path: str | Path) -> None:

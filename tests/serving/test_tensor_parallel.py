@@ -45,11 +45,12 @@ def _greedy(config: EngineConfig) -> dict[str, list[int]]:
         engine.close()
 
 
-@pytest.mark.parametrize(("family", "overlap"), [("llama", True), ("qwen3", False)])
+@pytest.mark.parametrize(("family", "overlap"), [("llama", True), ("qwen3", False), ("qwen2", True)])
 def test_two_gloo_ranks_generate_the_same_greedy_tokens_as_one(tiny_checkpoint, family: str, overlap: bool) -> None:
     """Llama (GQA: one KV head per rank) with steps scheduled ahead (the unread tokens go to the
     worker by broadcast), Qwen3 (tied, vocabulary-parallel embedding and head; q/k norms); a
-    small token budget splits the prompts into chunks."""
+    small token budget splits the prompts into chunks; Qwen2 (q/k/v biases: each rank adds its
+    part, o_proj none)."""
     path = str(tiny_checkpoint(family))
     common = {"max_running": 4, "max_batch_tokens": 16, "overlap": overlap}
     single = _greedy(EngineConfig(path, **common))
